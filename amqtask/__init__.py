@@ -1,0 +1,20 @@
+"""amqtask: a RabbitMQ-first task queue speaking Celery's protocol v2."""
+from .app import App
+from .errors import (
+    AmqtaskError,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    NackError,
+    PublishError,
+    RoutingError,
+    UnroutableError,
+)
+from .result import AsyncResult
+from .task import Task
+
+__all__ = [
+    "App", "Task", "AsyncResult", "AmqtaskError", "BrokerError", "BrokerUnavailable", "ConfigError",
+    "NackError", "PublishError", "RoutingError", "UnroutableError",
+]
+__version__ = "0.1.0"

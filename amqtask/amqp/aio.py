@@ -1,0 +1,109 @@
+"""The asyncio transport (aio-pika): publish with confirms from async code.
+
+aio-pika's robust connection re-opens itself and its channels after a drop; a
+publish that fails because the connection was down at that moment is retried
+within publish_timeout.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from ..errors import BrokerUnavailable, NackError, PublishError, UnroutableError
+from ..protocol import WireMessage
+from ..settings import BrokerSettings
+from .params import aio_pika_url, ssl_context
+
+log = logging.getLogger("amqtask.amqp")
+
+
+def aio_message(wire: WireMessage) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=wire.body,
+        headers=dict(wire.headers),
+        content_type=wire.content_type,
+        content_encoding=wire.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode(wire.delivery_mode),
+        priority=wire.priority,
+        correlation_id=wire.correlation_id,
+        reply_to=wire.reply_to,
+    )
+
+
+class AsyncTransport:
+    def __init__(self, broker: BrokerSettings) -> None:
+        self.broker = broker
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._lock = asyncio.Lock()
+
+    async def connect(self) -> AbstractRobustChannel:
+        async with self._lock:
+            if self._channel is not None and not self._channel.is_closed:
+                return self._channel
+            errors = []
+            for url in self.broker.urls:
+                try:
+                    self._connection = await asyncio.wait_for(
+                        aio_pika.connect_robust(
+                            aio_pika_url(url, self.broker),
+                            ssl_context=ssl_context(self.broker.tls) if url.tls else None,
+                            client_properties={"connection_name": "amqtask-async"},
+                        ),
+                        timeout=self.broker.connect_timeout,
+                    )
+                    break
+                except (asyncio.TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+                    errors.append(f"{url.redacted()}: {type(exc).__name__} {exc}".strip())
+            else:
+                raise BrokerUnavailable("cannot connect to the broker: " + "; ".join(errors))
+            self._channel = await self._connection.channel(publisher_confirms=self.broker.confirm_publish)
+            return self._channel
+
+    async def publish(self, exchange: str, routing_key: str, wire: WireMessage, *, mandatory: bool = True) -> None:
+        deadline = time.monotonic() + self.broker.publish_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            channel = await self.connect()
+            try:
+                target = (
+                    channel.default_exchange if not exchange else await channel.get_exchange(exchange, ensure=False)
+                )
+                confirmation = await asyncio.wait_for(
+                    target.publish(aio_message(wire), routing_key, mandatory=mandatory),
+                    timeout=max(0.1, deadline - time.monotonic()),
+                )
+            except aio_pika.exceptions.DeliveryError as exc:
+                returned = exc.message
+                if exc.frame is not None and isinstance(exc.frame, aiormq.spec.Basic.Return):
+                    raise UnroutableError(exchange, routing_key, exc.frame.reply_text or "NO_ROUTE") from None
+                if returned is not None:
+                    raise UnroutableError(exchange, routing_key) from None
+                raise NackError(f"the broker refused the message for {exchange or '(default)'!r}/{routing_key!r}") from None
+            except asyncio.TimeoutError:
+                raise PublishError(f"publish not confirmed within {self.broker.publish_timeout:g}s") from None
+            except aiormq.exceptions.ChannelClosed as exc:
+                self._channel = None
+                raise PublishError(f"publish refused by the broker: {exc}") from None
+            except (aiormq.exceptions.ConnectionClosed, ConnectionError, aiormq.exceptions.ChannelInvalidStateError) as exc:
+                if attempt > self.broker.publish_retries or time.monotonic() >= deadline:
+                    raise PublishError(f"publish failed after {attempt} attempts: {exc}") from None
+                log.warning("connection lost during publish (%s); retrying", exc)
+                await asyncio.sleep(min(0.2 * attempt, max(0.0, deadline - time.monotonic())))
+                continue
+            if isinstance(confirmation, aiormq.spec.Basic.Nack):
+                raise NackError(f"the broker refused the message for {exchange or '(default)'!r}/{routing_key!r}")
+            if isinstance(confirmation, aiormq.spec.Basic.Return):
+                raise UnroutableError(exchange, routing_key, confirmation.reply_text or "NO_ROUTE")
+            return
+
+    async def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            await connection.close()

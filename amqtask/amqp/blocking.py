@@ -1,0 +1,229 @@
+"""The blocking transport (pika): publish with confirms, declare, purge, inspect.
+
+One connection and one channel per transport, guarded by a lock so that a web
+app's request threads can share it. Every wait is bounded by the settings'
+timeouts; a connection that dropped since the last call is re-opened
+transparently and the publish retried (at-least-once: a publish whose confirm
+was lost with the connection may reach the broker twice).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import pika
+import pika.exceptions as px
+from pika.adapters.blocking_connection import BlockingChannel
+
+from ..errors import BrokerError, BrokerUnavailable, DeclareConflict, NackError, PublishError, UnroutableError
+from ..protocol import WireMessage
+from ..settings import BrokerSettings
+from ..topology.model import Exchange, Queue, Topology
+from .params import pika_parameters
+
+log = logging.getLogger("amqtask.amqp")
+T = TypeVar("T")
+
+# Errors after which the connection is unusable and worth re-opening.
+CONNECTION_ERRORS = (
+    px.AMQPConnectionError,
+    px.ConnectionWrongStateError,
+    px.ChannelWrongStateError,
+    px.StreamLostError,
+    ConnectionError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    name: str
+    messages: int
+    consumers: int
+
+
+def wire_properties(wire: WireMessage) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=wire.content_type,
+        content_encoding=wire.content_encoding,
+        headers=dict(wire.headers),
+        delivery_mode=wire.delivery_mode,
+        priority=wire.priority,
+        correlation_id=wire.correlation_id,
+        reply_to=wire.reply_to,
+    )
+
+
+class BlockingTransport:
+    def __init__(self, broker: BrokerSettings) -> None:
+        self.broker = broker
+        self._lock = threading.RLock()
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+
+    # -- connection --------------------------------------------------------------
+    def _open(self) -> BlockingChannel:
+        if self._channel is not None and self._channel.is_open:
+            return self._channel
+        if self._connection is None or not self._connection.is_open:
+            self._connection = self._connect()
+        self._channel = self._connection.channel()
+        if self.broker.confirm_publish:
+            self._channel.confirm_delivery()
+        return self._channel
+
+    def _connect(self) -> pika.BlockingConnection:
+        try:
+            return pika.BlockingConnection(pika_parameters(self.broker))
+        except (px.AMQPError, OSError) as exc:
+            shown = ", ".join(u.redacted() for u in self.broker.urls)
+            raise BrokerUnavailable(f"cannot connect to the broker at {shown}: {_describe(exc)}") from None
+
+    def _reset(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            try:
+                if connection.is_open:
+                    connection.close()
+            except Exception:  # closing a broken connection may fail in many ways; it is gone either way
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()
+
+    def __enter__(self) -> "BlockingTransport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _with_retries(self, operation: Callable[[BlockingChannel], T], what: str) -> T:
+        """Run `operation` on a live channel, re-opening the connection when it broke,
+        at most publish_retries + 1 times and within publish_timeout."""
+        deadline = time.monotonic() + self.broker.publish_timeout
+        attempt = 0
+        with self._lock:
+            while True:
+                attempt += 1
+                try:
+                    return operation(self._open())
+                except BrokerUnavailable:
+                    self._reset()
+                    if attempt > self.broker.publish_retries or time.monotonic() >= deadline:
+                        raise
+                except px.ChannelClosedByBroker as exc:
+                    self._channel = None
+                    raise PublishError(f"{what} refused by the broker: {exc.reply_code} {exc.reply_text}") from None
+                except px.ConnectionBlockedTimeout:
+                    self._reset()
+                    raise PublishError(
+                        f"{what} failed: the broker blocked the connection for more than "
+                        f"{self.broker.publish_timeout:g}s (a memory or disk alarm)"
+                    ) from None
+                except CONNECTION_ERRORS as exc:
+                    self._reset()
+                    if attempt > self.broker.publish_retries or time.monotonic() >= deadline:
+                        raise PublishError(f"{what} failed after {attempt} attempts: {_describe(exc)}") from None
+                    log.warning("connection lost during %s (%s); reconnecting", what, _describe(exc))
+                time.sleep(min(0.2 * attempt, max(0.0, deadline - time.monotonic())))
+
+    # -- operations --------------------------------------------------------------
+    def publish(self, exchange: str, routing_key: str, wire: WireMessage, *, mandatory: bool = True) -> None:
+        """Publish and, with confirms on, wait until the broker has taken responsibility.
+
+        Raises UnroutableError when the broker returns the message (mandatory),
+        NackError when it refuses it, PublishError when it cannot be confirmed in time.
+        """
+        properties = wire_properties(wire)
+
+        def send(channel: BlockingChannel) -> None:
+            try:
+                channel.basic_publish(exchange, routing_key, wire.body, properties, mandatory=mandatory)
+            except px.UnroutableError as exc:
+                text = exc.messages[0].method.reply_text if exc.messages else "NO_ROUTE"
+                raise UnroutableError(exchange, routing_key, text) from None
+            except px.NackError:
+                raise NackError(
+                    f"the broker refused the message for exchange {exchange or '(default)'!r} "
+                    f"routing key {routing_key!r} (nack: a full queue with overflow reject-publish?)"
+                ) from None
+
+        self._with_retries(send, "publish")
+
+    def declare(self, topology: Topology, queues: list[str] | None = None) -> list[DeclareConflict]:
+        """Declare exchanges, queues and bindings (only `queues` and what they need,
+        when given). Returns the conflicts found; everything else is declared."""
+        conflicts: list[DeclareConflict] = []
+        wanted = set(topology.queues) if queues is None else set(queues)
+        with self._lock:
+            for exchange in topology.exchanges.values():
+                self._declare_one(conflicts, "exchange", exchange.name, lambda ch, x=exchange: _declare_exchange(ch, x))
+            for queue in topology.queues.values():
+                if queue.name in wanted:
+                    self._declare_one(conflicts, "queue", queue.name, lambda ch, q=queue: _declare_queue(ch, q))
+            for b in topology.bindings:
+                if not b.to_exchange and b.destination not in wanted:
+                    continue
+                if b.to_exchange:
+                    op = lambda ch, b=b: ch.exchange_bind(b.destination, b.source, b.routing_key, dict(b.arguments) or None)  # noqa: E731
+                else:
+                    op = lambda ch, b=b: ch.queue_bind(b.destination, b.source, b.routing_key, dict(b.arguments) or None)  # noqa: E731
+                self._declare_one(conflicts, "binding", f"{b.source} -> {b.destination} ({b.routing_key})", op)
+        return conflicts
+
+    def _declare_one(self, conflicts: list[DeclareConflict], kind: str, name: str,
+                     op: Callable[[BlockingChannel], object]) -> None:
+        try:
+            op(self._open())
+        except px.ChannelClosedByBroker as exc:
+            self._channel = None
+            conflicts.append(DeclareConflict(kind, name, f"{exc.reply_code} {exc.reply_text}"))
+        except CONNECTION_ERRORS as exc:
+            self._reset()
+            raise BrokerError(f"connection lost while declaring {kind} {name!r}: {_describe(exc)}") from None
+
+    def purge(self, queue: str) -> int:
+        def run(channel: BlockingChannel) -> int:
+            return channel.queue_purge(queue).method.message_count
+
+        return self._with_retries(run, f"purge of {queue!r}")
+
+    def queue_stats(self, queue: str) -> QueueStats | None:
+        """Message and consumer counts, or None when the queue does not exist."""
+        with self._lock:
+            try:
+                ok = self._open().queue_declare(queue, passive=True)
+            except px.ChannelClosedByBroker as exc:
+                self._channel = None
+                if exc.reply_code == 404:
+                    return None
+                raise BrokerError(f"cannot inspect queue {queue!r}: {exc.reply_text}") from None
+            return QueueStats(queue, ok.method.message_count, ok.method.consumer_count)
+
+    def delete_queue(self, queue: str) -> None:
+        self._with_retries(lambda ch: ch.queue_delete(queue), f"delete of queue {queue!r}")
+
+    def delete_exchange(self, exchange: str) -> None:
+        self._with_retries(lambda ch: ch.exchange_delete(exchange), f"delete of exchange {exchange!r}")
+
+
+def _declare_exchange(channel: BlockingChannel, x: Exchange) -> None:
+    channel.exchange_declare(
+        x.name, x.type, durable=x.durable, auto_delete=x.auto_delete, internal=x.internal,
+        arguments=x.declare_arguments() or None,
+    )
+
+
+def _declare_queue(channel: BlockingChannel, q: Queue) -> None:
+    channel.queue_declare(
+        q.name, durable=q.durable, exclusive=q.exclusive, auto_delete=q.auto_delete, arguments=dict(q.arguments) or None
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

@@ -1,0 +1,54 @@
+"""Broker settings -> connection parameters for pika and aio-pika."""
+from __future__ import annotations
+
+import ssl
+from urllib.parse import quote, urlencode
+
+import pika
+
+from ..brokerurl import BrokerURL
+from ..settings import BrokerSettings, TLSSettings
+
+
+def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=tls.ca_certs)
+    if tls.certfile:
+        context.load_cert_chain(tls.certfile, tls.keyfile)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def pika_parameters(broker: BrokerSettings) -> list[pika.ConnectionParameters]:
+    """One parameter set per failover URL; pika tries them in order."""
+    out = []
+    for url in broker.urls:
+        options = None
+        if url.tls:
+            options = pika.SSLOptions(ssl_context(broker.tls), broker.tls.server_hostname or url.host)
+        out.append(
+            pika.ConnectionParameters(
+                host=url.host,
+                port=url.port,
+                virtual_host=url.vhost,
+                credentials=pika.PlainCredentials(url.username, url.password),
+                ssl_options=options,
+                heartbeat=broker.heartbeat,
+                socket_timeout=broker.connect_timeout,
+                stack_timeout=broker.connect_timeout * 2,
+                blocked_connection_timeout=broker.publish_timeout,
+                connection_attempts=1,
+                client_properties={"connection_name": "amqtask"},
+            )
+        )
+    return out
+
+
+def aio_pika_url(url: BrokerURL, broker: BrokerSettings) -> str:
+    scheme = "amqps" if url.tls else "amqp"
+    query = {"heartbeat": broker.heartbeat, "connection_timeout": int(broker.connect_timeout * 1000)}
+    return (
+        f"{scheme}://{quote(url.username, safe='')}:{quote(url.password, safe='')}@{url.host}:{url.port}/"
+        f"{quote(url.vhost, safe='')}?{urlencode(query)}"
+    )

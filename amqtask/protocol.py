@@ -1,0 +1,224 @@
+"""Celery's task message protocol v2: TaskMessage <-> (body, AMQP properties, headers).
+
+The shape follows what Celery 5 really emits (celery/app/amqp.py, as_task_v2):
+the task's metadata travels in headers, the body is `[args, kwargs, embed]`, and
+`timelimit` is `[hard, soft]`. docs/protocol.md describes it for other languages.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import reprlib
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ProtocolError, SerializationError
+from .serializers import Codec
+
+EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
+_repr = reprlib.Repr()
+_repr.maxstring = 256
+_repr.maxother = 256
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 32
+_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """A task invocation, independent of how it travels."""
+
+    task: str
+    id: str = field(default_factory=new_task_id)
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    embed: Mapping[str, Any] = field(default_factory=lambda: dict.fromkeys(EMBED_KEYS))
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    retries: int = 0
+    eta: dt.datetime | None = None
+    expires: dt.datetime | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    ignore_result: bool = False
+    shadow: str | None = None
+    origin: str | None = None
+    lang: str = "py"
+    reply_to: str | None = None
+    priority: int | None = None
+    extra_headers: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WireMessage:
+    """What goes to (or came from) the broker: body bytes, AMQP properties, headers."""
+
+    body: bytes
+    headers: Mapping[str, Any]
+    content_type: str
+    content_encoding: str
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    priority: int | None = None
+    delivery_mode: int = 2
+
+
+def encode_task(message: TaskMessage, codec: Codec, *, serializer: str = "json", compression: str | None = None,
+                persistent: bool = True) -> WireMessage:
+    headers: dict[str, Any] = {
+        "lang": message.lang,
+        "task": message.task,
+        "id": message.id,
+        "shadow": message.shadow,
+        "eta": _iso(message.eta),
+        "expires": _iso(message.expires),
+        "group": message.group,
+        "group_index": message.group_index,
+        "retries": message.retries,
+        "timelimit": [message.time_limit, message.soft_time_limit],
+        "root_id": message.root_id or message.id,
+        "parent_id": message.parent_id,
+        "argsrepr": _repr.repr(tuple(message.args)),
+        "kwargsrepr": _repr.repr(dict(message.kwargs)),
+        "origin": message.origin or _ORIGIN,
+        "ignore_result": message.ignore_result,
+    }
+    body_value = [list(message.args), dict(message.kwargs), {k: message.embed.get(k) for k in EMBED_KEYS}]
+    body, content_type, encoding, compressed = codec.encode(body_value, serializer, compression)
+    if compressed:
+        headers["compression"] = compressed
+    headers.update(message.extra_headers)
+    return WireMessage(
+        body=body,
+        headers=headers,
+        content_type=content_type,
+        content_encoding=encoding,
+        correlation_id=message.id,
+        reply_to=message.reply_to,
+        priority=message.priority,
+        delivery_mode=2 if persistent else 1,
+    )
+
+
+def decode_task(wire: WireMessage, codec: Codec) -> TaskMessage:
+    """Parse a v2 task message; ProtocolError or SerializationError says what is wrong."""
+    headers = wire.headers
+    if not isinstance(headers, Mapping):
+        raise ProtocolError("message has no headers table; a v2 task message carries its metadata in headers")
+    task = headers.get("task")
+    if not isinstance(task, str) or not task:
+        raise ProtocolError("missing or invalid 'task' header (a v2 message is known by it)")
+    task_id = headers.get("id") or wire.correlation_id
+    if not isinstance(task_id, str) or not task_id:
+        raise ProtocolError("missing or invalid 'id' header")
+    body = codec.decode(wire.body, wire.content_type, wire.content_encoding, _opt_str(headers, "compression"))
+    if not isinstance(body, (list, tuple)) or len(body) not in (2, 3):
+        raise ProtocolError("body must be [args, kwargs, embed]")
+    args, kwargs = body[0], body[1]
+    embed = body[2] if len(body) == 3 else {}
+    if not isinstance(args, (list, tuple)):
+        raise ProtocolError("body[0] (args) must be a list")
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ProtocolError("body[1] (kwargs) must be an object with string keys")
+    if embed is None:
+        embed = {}
+    if not isinstance(embed, Mapping):
+        raise ProtocolError("body[2] (embed) must be an object")
+    hard, soft = _timelimit(headers.get("timelimit"))
+    return TaskMessage(
+        task=task,
+        id=task_id,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        embed={k: embed.get(k) for k in EMBED_KEYS},
+        root_id=_opt_str(headers, "root_id"),
+        parent_id=_opt_str(headers, "parent_id"),
+        group=_opt_str(headers, "group"),
+        group_index=_opt_int(headers, "group_index"),
+        retries=_opt_int(headers, "retries") or 0,
+        eta=_parse_time(headers, "eta"),
+        expires=_parse_time(headers, "expires"),
+        time_limit=hard,
+        soft_time_limit=soft,
+        ignore_result=bool(headers.get("ignore_result", False)),
+        shadow=_opt_str(headers, "shadow"),
+        origin=_opt_str(headers, "origin"),
+        lang=_opt_str(headers, "lang") or "py",
+        reply_to=wire.reply_to or None,
+        priority=wire.priority,
+        extra_headers={k: v for k, v in headers.items() if k not in _KNOWN_HEADERS},
+    )
+
+
+_KNOWN_HEADERS = frozenset({
+    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit", "root_id",
+    "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "compression",
+})
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.isoformat()
+
+
+def _opt_str(headers: Mapping[str, Any], key: str) -> str | None:
+    value = headers.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise ProtocolError(f"header {key!r} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _opt_int(headers: Mapping[str, Any], key: str) -> int | None:
+    value = headers.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"header {key!r} must be an integer, not {type(value).__name__}")
+    return value
+
+
+def _parse_time(headers: Mapping[str, Any], key: str) -> dt.datetime | None:
+    text = _opt_str(headers, key)
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ProtocolError(f"header {key!r} is not an ISO 8601 time: {text[:64]!r}") from None
+    # Protocol v2 times without an offset are UTC.
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _timelimit(value: Any) -> tuple[float | None, float | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ProtocolError("header 'timelimit' must be [hard, soft]")
+    out = []
+    for item in value:
+        if item is not None and (isinstance(item, bool) or not isinstance(item, (int, float))):
+            raise ProtocolError("header 'timelimit' must hold numbers or null")
+        out.append(None if item is None else float(item))
+    return out[0], out[1]
+
+
+__all__ = ["TaskMessage", "WireMessage", "encode_task", "decode_task", "new_task_id", "utcnow",
+           "SerializationError"]

@@ -1,0 +1,90 @@
+"""Celery protocol v2 encoding and decoding, including what must be refused."""
+import datetime as dt
+import json
+import pickle
+
+import pytest
+
+from amqtask.errors import ContentDisallowed, ProtocolError, SerializationError
+from amqtask.protocol import TaskMessage, WireMessage, decode_task, encode_task
+from amqtask.serializers import Codec
+
+CELERY_V2_HEADERS = {"lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+                     "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result"}
+
+
+def test_encoding_matches_celery_v2_shape():
+    eta = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    msg = TaskMessage(task="projq.tasks.add", id="abc", args=(2, 3), kwargs={"z": 1}, eta=eta,
+                      time_limit=30, soft_time_limit=25, priority=5)
+    wire = encode_task(msg, Codec())
+    assert set(wire.headers) == CELERY_V2_HEADERS
+    assert wire.headers["task"] == "projq.tasks.add" and wire.headers["id"] == "abc"
+    assert wire.headers["root_id"] == "abc" and wire.headers["parent_id"] is None
+    assert wire.headers["timelimit"] == [30, 25]  # [hard, soft], as Celery's source sends it
+    assert wire.headers["eta"] == "2030-01-02T03:04:05+00:00"
+    assert wire.headers["argsrepr"] == "(2, 3)" and wire.headers["kwargsrepr"] == "{'z': 1}"
+    assert (wire.content_type, wire.content_encoding) == ("application/json", "utf-8")
+    assert (wire.correlation_id, wire.delivery_mode, wire.priority) == ("abc", 2, 5)
+    assert json.loads(wire.body) == [[2, 3], {"z": 1},
+                                     {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "yaml"])
+@pytest.mark.parametrize("compression", [None, "zlib", "bzip2"])
+def test_round_trip(serializer, compression):
+    codec = Codec()
+    msg = TaskMessage(task="t", args=(1, "two", [3]), kwargs={"k": {"n": None}}, retries=2,
+                      expires=dt.datetime(2031, 5, 6, tzinfo=dt.timezone.utc), group="g", group_index=1)
+    wire = encode_task(msg, codec, serializer=serializer, compression=compression)
+    if compression:
+        assert wire.headers["compression"] in ("application/x-gzip", "application/x-bz2")
+    back = decode_task(wire, codec)
+    assert (back.task, back.id, back.args, back.kwargs) == (msg.task, msg.id, msg.args, msg.kwargs)
+    assert (back.retries, back.expires, back.group, back.group_index) == (2, msg.expires, "g", 1)
+
+
+def test_pickle_is_refused_unless_accepted():
+    with pytest.raises(ContentDisallowed):
+        Codec().encode([[], {}, {}], "pickle")
+    wire = WireMessage(body=pickle.dumps([[], {}, {}]), headers={"task": "t", "id": "1"},
+                       content_type="application/x-python-serialize", content_encoding="binary")
+    with pytest.raises(ContentDisallowed):
+        decode_task(wire, Codec())
+    assert decode_task(wire, Codec(["pickle"])).task == "t"
+
+
+def wire(body=b'[[], {}, {}]', headers=None, content_type="application/json", encoding="utf-8"):
+    return WireMessage(body=body, headers={"task": "t", "id": "1"} if headers is None else headers,
+                       content_type=content_type, content_encoding=encoding)
+
+
+@pytest.mark.parametrize("message, error, fragment", [
+    (wire(headers={}), ProtocolError, "'task' header"),
+    (wire(headers={"task": 5, "id": "1"}), ProtocolError, "'task' header"),
+    (wire(body=b"[[], {}"), SerializationError, "cannot decode json"),
+    (wire(body=b'{"a": 1}'), ProtocolError, "[args, kwargs, embed]"),
+    (wire(body=b'[1, {}, {}]'), ProtocolError, "args"),
+    (wire(body=b'[[], [], {}]'), ProtocolError, "kwargs"),
+    (wire(content_type="text/plain"), ContentDisallowed, "unknown content type"),
+    (wire(headers={"task": "t", "id": "1", "eta": "tomorrow"}), ProtocolError, "ISO 8601"),
+    (wire(headers={"task": "t", "id": "1", "retries": "2"}), ProtocolError, "'retries'"),
+    (wire(headers={"task": "t", "id": "1", "timelimit": [1]}), ProtocolError, "timelimit"),
+    (wire(headers={"task": "t", "id": "1", "compression": "application/x-gzip"}), SerializationError, "decompress"),
+    (wire(body=b"\xff\xfe"), SerializationError, "cannot decode"),
+])
+def test_malformed_messages_are_refused_with_a_reason(message, error, fragment):
+    with pytest.raises(error) as exc:
+        decode_task(message, Codec())
+    assert fragment in str(exc.value)
+
+
+def test_minimal_foreign_message_is_accepted():
+    """What a non-Python client must send at least: task and id headers, a JSON body."""
+    back = decode_task(wire(body=b'[[2, 3], {}]', headers={"task": "projq.tasks.add", "id": "x"}), Codec())
+    assert back.args == (2, 3) and back.eta is None and back.time_limit is None
+
+
+def test_naive_times_are_utc():
+    back = decode_task(wire(headers={"task": "t", "id": "1", "eta": "2030-01-01T00:00:00"}), Codec())
+    assert back.eta == dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
