@@ -62,7 +62,9 @@ class AsyncTransport:
                     errors.append(f"{url.redacted()}: {type(exc).__name__} {exc}".strip())
             else:
                 raise BrokerUnavailable("cannot connect to the broker: " + "; ".join(errors))
-            self._channel = await self._connection.channel(publisher_confirms=self.broker.confirm_publish)
+            self._channel = await self._connection.channel(
+                publisher_confirms=self.broker.confirm_publish, on_return_raises=self.broker.confirm_publish
+            )
             return self._channel
 
     async def publish(self, exchange: str, routing_key: str, wire: WireMessage, *, mandatory: bool = True) -> None:

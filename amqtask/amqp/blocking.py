@@ -9,6 +9,7 @@ was lost with the connection may reach the broker twice).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class BlockingTransport:
 
     def _connect(self) -> pika.BlockingConnection:
         try:
-            return pika.BlockingConnection(pika_parameters(self.broker))
+            return pika.BlockingConnection(pika_parameters(self.broker, f"amqtask publisher pid {os.getpid()}"))
         except (px.AMQPError, OSError) as exc:
             shown = ", ".join(u.redacted() for u in self.broker.urls)
             raise BrokerUnavailable(f"cannot connect to the broker at {shown}: {_describe(exc)}") from None

@@ -20,8 +20,9 @@ def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     return context
 
 
-def pika_parameters(broker: BrokerSettings) -> list[pika.ConnectionParameters]:
-    """One parameter set per failover URL; pika tries them in order."""
+def pika_parameters(broker: BrokerSettings, name: str = "amqtask") -> list[pika.ConnectionParameters]:
+    """One parameter set per failover URL; pika tries them in order. `name` shows
+    in RabbitMQ's connection list."""
     out = []
     for url in broker.urls:
         options = None
@@ -39,7 +40,7 @@ def pika_parameters(broker: BrokerSettings) -> list[pika.ConnectionParameters]:
                 stack_timeout=broker.connect_timeout * 2,
                 blocked_connection_timeout=broker.publish_timeout,
                 connection_attempts=1,
-                client_properties={"connection_name": "amqtask"},
+                client_properties={"connection_name": name},
             )
         )
     return out

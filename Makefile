@@ -1,0 +1,29 @@
+# make demo : declare routing.yaml, publish routed tasks, show where each landed
+# make test : unit tests and integration tests against RabbitMQ
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit integration clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests integration
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
