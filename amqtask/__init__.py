@@ -10,7 +10,7 @@ from .errors import (
     RoutingError,
     UnroutableError,
 )
-from .result import AsyncResult
+from .results import AsyncResult
 from .task import Task
 
 __all__ = [

@@ -222,6 +222,139 @@ def purge(queue_names: str, force: bool, config_path: str | None) -> None:
             click.echo(f"{name}: purged {count} message{'' if count == 1 else 's'}")
 
 
+@main.command(context_settings={"show_default": True})
+@click.option("-A", "--app", "app_spec", required=True, metavar="MODULE[:APP]",
+              help="Module defining the App and its tasks.")
+@click.option("-Q", "--queues", default=None, metavar="Q1,Q2",
+              help="Queues to consume. [default: worker.queues, else every queue in routing.yaml]")
+@click.option("-X", "--exclude-queues", default=None, metavar="Q1,Q2", help="Queues not to consume.")
+@click.option("-c", "--concurrency", type=click.IntRange(1), default=None,
+              help="Pool slots. [default: worker.concurrency, else the number of CPUs]")
+@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "asyncio", "solo"]), default=None,
+              help="Execution pool. [default: worker.pool, else prefork]")
+@click.option("--prefetch-multiplier", type=click.IntRange(0), default=None,
+              help="Unacked messages per consumer = concurrency x this; 0 = unlimited. [default: 4]")
+@click.option("-O", "optimization", type=click.Choice(["fair", "fast"]), default=None,
+              help="fair: hand tasks only to idle slots. fast: accepted for Celery compatibility; same. "
+                   "[default: fair]")
+@click.option("-n", "--hostname", default=None, help="Worker name (%h: host, %p: pid).")
+@click.option("-l", "--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                                                     case_sensitive=False), default=None)
+@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None, help="prefork: recycle after N tasks.")
+@click.option("--max-memory-per-child", type=click.IntRange(1), default=None, metavar="KIB",
+              help="prefork: recycle a child whose resident memory exceeds this after a task.")
+@click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="Hard time limit for every task without its own.")
+@click.option("--soft-time-limit", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="Soft time limit (SoftTimeLimitExceeded inside the task).")
+@click.option("--purge", is_flag=True, help="Delete waiting messages from the consumed queues before starting.")
+@config_option
+@handle_errors
+def worker(app_spec: str, queues: str | None, exclude_queues: str | None, concurrency: int | None,
+           pool: str | None, prefetch_multiplier: int | None, optimization: str | None, hostname: str | None,
+           loglevel: str | None, max_tasks_per_child: int | None, max_memory_per_child: int | None,
+           time_limit: float | None, soft_time_limit: float | None, purge: bool, config_path: str | None) -> None:
+    """Consume tasks and run them.
+
+    Messages are acknowledged after the task finishes (late acks), at most
+    concurrency x prefetch-multiplier are unacknowledged per queue, and delayed
+    tasks wait in the broker, not here. SIGTERM or Ctrl-C once: finish running
+    tasks and exit; twice: stop now (unacknowledged messages return to their queues).
+    """
+    import asyncio
+    import logging
+    import os
+
+    from .app import load_app
+    from .worker.consumer import Worker, WorkerConfig, default_hostname
+
+    app = load_app(app_spec)
+    if config_path is not None:
+        app.configure(load(config_path))
+    settings = app.settings
+    w = settings.worker
+    level = (loglevel or w.loglevel).upper()
+    logging.basicConfig(level=level, format="[%(asctime)s %(levelname)s/%(processName)s] %(message)s")
+    chosen = _names(queues) or list(w.queues) or list(settings.topology.queues)
+    excluded = set(_names(exclude_queues) or w.exclude_queues)
+    chosen = [q for q in chosen if q not in excluded]
+    if not chosen:
+        fail("no queues to consume: name some with -Q or declare them in routing.yaml", EXIT_USAGE)
+    unknown = [q for q in chosen if q not in settings.topology.queues]
+    for name in unknown:
+        click.echo(f"warning: queue {name!r} is not in {settings.source}; declaring it as a plain durable queue",
+                   err=True)
+    config = WorkerConfig(
+        queues=tuple(chosen),
+        concurrency=concurrency or w.concurrency or os.cpu_count() or 1,
+        pool=pool or w.pool,
+        prefetch_multiplier=w.prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier,
+        optimization=optimization or w.optimization,
+        hostname=default_hostname(hostname or w.name),
+        max_tasks_per_child=max_tasks_per_child or w.max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child or w.max_memory_per_child,
+        time_limit=time_limit or w.time_limit,
+        soft_time_limit=soft_time_limit or w.soft_time_limit,
+        purge=purge,
+    )
+    if config.pool == "solo":
+        config = WorkerConfig(**{**config.__dict__, "concurrency": 1})
+    click.echo(_banner(app, config))
+    sys.exit(asyncio.run(Worker(app, config).run()))
+
+
+@main.group()
+def inspect() -> None:
+    """Ask running workers about themselves."""
+
+
+@inspect.command()
+@click.option("-d", "--destination", default=None, help="Only this worker (its -n name).")
+@click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds to wait for replies.")
+@config_option
+@handle_errors
+def ping(destination: str | None, timeout: float, config_path: str | None) -> None:
+    """Ping workers. Exit 0 when at least one answers and every answer says it is
+    consuming; 1 otherwise (usable as a health check)."""
+    from .control import ping_workers
+
+    settings = load(config_path)
+    replies = ping_workers(settings.broker, timeout=timeout, destination=destination)
+    if not replies:
+        fail(f"no worker answered within {timeout:g}s", EXIT_RUNTIME)
+    healthy = True
+    for reply in replies:
+        state = "consuming" if reply.get("consuming") else "NOT consuming"
+        healthy = healthy and bool(reply.get("consuming"))
+        click.echo(f"{reply.get('hostname')}: pong ({state} {', '.join(reply.get('queues', []))}; "
+                   f"{reply.get('active', 0)} active)")
+    sys.exit(0 if healthy else EXIT_RUNTIME)
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def _banner(app: Any, config: Any) -> str:
+    settings = app.settings
+    topology = settings.topology
+    lines = [
+        f"amqtask {__version__} worker {config.hostname}",
+        f"  broker:      {', '.join(u.redacted() for u in settings.broker.urls)}",
+        f"  pool:        {config.pool}, concurrency {config.concurrency}",
+        f"  prefetch:    {config.prefetch or 'unlimited'} per queue (concurrency x {config.prefetch_multiplier}), "
+        f"late acks, {config.optimization} dispatch",
+        "  queues:",
+    ]
+    for name in config.queues:
+        bindings = [f"{b.source}:{b.routing_key}" if b.routing_key else b.source
+                    for b in topology.bindings_to_queue(name)]
+        lines.append(f"    {name}" + (f"  <- {', '.join(bindings)}" if bindings else ""))
+    lines.append("  tasks:")
+    lines.extend(f"    {name}" for name in sorted(app.tasks))
+    return "\n".join(lines)
+
+
 def _json_arg(text: str, kind: type, flag: str, example: str) -> Any:
     try:
         value = json.loads(text)

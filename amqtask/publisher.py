@@ -9,6 +9,7 @@ from .amqp.aio import AsyncTransport
 from .amqp.blocking import BlockingTransport
 from .errors import RoutingError
 from .protocol import TaskMessage, WireMessage, encode_task, new_task_id, utcnow
+from .results import ResultConsumer
 from .router import Destination, Router
 from .serializers import Codec
 from .settings import Settings, TaskOptions
@@ -46,9 +47,11 @@ class Sent:
 
 
 class Publisher:
-    def __init__(self, settings: Settings, router: Router, transport: BlockingTransport | None = None) -> None:
+    def __init__(self, settings: Settings, router: Router, transport: BlockingTransport | None = None,
+                 results: ResultConsumer | None = None) -> None:
         self.settings = settings
         self.router = router
+        self.results = results
         self.codec = Codec(settings.broker.accept_content)
         self._transport = transport
         self._async_transport: AsyncTransport | None = None
@@ -75,6 +78,10 @@ class Publisher:
             expires = now + dt.timedelta(seconds=expires)
         priority = next((p for p in (call.priority, destination.priority, options.priority) if p is not None), None)
         task_id = call.task_id or new_task_id()
+        ignore_result = bool(call.ignore_result if call.ignore_result is not None else options.ignore_result)
+        reply_to = call.reply_to
+        if reply_to is None and self.results is not None and not ignore_result:
+            reply_to = self.results.expect(task_id)
         message = TaskMessage(
             task=task_name,
             id=task_id,
@@ -87,8 +94,8 @@ class Publisher:
             expires=expires,
             time_limit=call.time_limit if call.time_limit is not None else options.time_limit,
             soft_time_limit=call.soft_time_limit if call.soft_time_limit is not None else options.soft_time_limit,
-            ignore_result=bool(call.ignore_result if call.ignore_result is not None else options.ignore_result),
-            reply_to=call.reply_to,
+            ignore_result=ignore_result,
+            reply_to=reply_to,
             priority=priority,
             extra_headers=dict(call.headers),
         )
@@ -119,12 +126,16 @@ class Publisher:
     def send(self, task_name: str, args: tuple | list = (), kwargs: Mapping[str, Any] | None = None, *,
              call: CallOptions = CallOptions(), task_options: TaskOptions = TaskOptions()) -> Sent:
         destination, wire, task_id = self.prepare(task_name, args, kwargs, call=call, task_options=task_options)
+        if wire.reply_to and self.results is not None:
+            self.results.ensure_queue()
         self.transport.publish(destination.exchange, destination.routing_key, wire)
         return Sent(task_id, task_name, destination)
 
     async def send_async(self, task_name: str, args: tuple | list = (), kwargs: Mapping[str, Any] | None = None, *,
                          call: CallOptions = CallOptions(), task_options: TaskOptions = TaskOptions()) -> Sent:
         destination, wire, task_id = self.prepare(task_name, args, kwargs, call=call, task_options=task_options)
+        if wire.reply_to and self.results is not None:
+            self.results.ensure_queue()  # blocks once, on the first send of this client
         if self._async_transport is None:
             self._async_transport = AsyncTransport(self.settings.broker)
         await self._async_transport.publish(destination.exchange, destination.routing_key, wire)
@@ -133,6 +144,8 @@ class Publisher:
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+        if self.results is not None:
+            self.results.close()
 
     async def aclose(self) -> None:
         if self._async_transport is not None:

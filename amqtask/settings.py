@@ -102,6 +102,15 @@ class BrokerSettings:
 
 
 @dataclass(frozen=True)
+class ResultSettings:
+    """Results travel back over RabbitMQ (Celery's rpc format) to a reply queue per client."""
+
+    enabled: bool = True
+    expires_ms: int = 86_400_000  # an unused reply queue is deleted after this long
+    serializer: str = "json"
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     concurrency: int | None = None  # None: the number of CPUs
     pool: str = "prefork"
@@ -125,4 +134,5 @@ class Settings:
     defaults: Defaults = field(default_factory=Defaults)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    results: ResultSettings = field(default_factory=ResultSettings)
     source: str = "<memory>"

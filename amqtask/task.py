@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import inspect
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .publisher import CallOptions
-from .result import AsyncResult
+from .results import AsyncResult
 from .settings import TaskOptions
+from .worker.request import Request, Retry, current_request
 
 if TYPE_CHECKING:
     from .app import App
@@ -18,13 +20,36 @@ class Task:
     `delay()` / `apply_async()` publish it to be run by a worker."""
 
     def __init__(self, app: "App", fn: Callable[..., Any], *, name: str, bind: bool = False,
-                 options: TaskOptions = TaskOptions()) -> None:
+                 options: TaskOptions = TaskOptions(), autoretry_for: tuple[type[BaseException], ...] = (),
+                 retry_backoff: bool | float = False, retry_backoff_max: float = 600,
+                 retry_jitter: bool = True, track_started: bool = False) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.bind = bind
         self.options = options
+        self.autoretry_for = tuple(autoretry_for)
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.retry_jitter = retry_jitter
+        self.track_started = track_started
+        self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    @property
+    def request(self) -> Request:
+        """The running invocation's context (id, args, retries, redelivered, ...)."""
+        request = current_request.get()
+        if request is None:
+            return Request(id="", task=self.name)
+        return request
+
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None,
+              eta: dt.datetime | None = None, max_retries: int | None = None) -> Retry:
+        """Ask the worker to run this task again later. Raises (use `raise self.retry(...)`
+        for readability): the worker republishes the message, delayed by the broker,
+        with `retries` + 1, and fails the task once max_retries is used up."""
+        raise Retry(exc=exc, countdown=countdown, eta=eta, max_retries=max_retries)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(self, *args, **kwargs) if self.bind else self.fn(*args, **kwargs)
@@ -45,13 +70,13 @@ class Task:
         time_limit, soft_time_limit."""
         sent = self.app.publisher.send(self.name, args or (), kwargs, call=call_options(options),
                                        task_options=self.options)
-        return AsyncResult(sent.task_id, sent.task_name, sent.destination)
+        return self.app.result_handle(sent)
 
     async def apply_async_async(self, args: tuple | list | None = None, kwargs: Mapping[str, Any] | None = None,
                                 **options: Any) -> AsyncResult:
         sent = await self.app.publisher.send_async(self.name, args or (), kwargs, call=call_options(options),
                                                    task_options=self.options)
-        return AsyncResult(sent.task_id, sent.task_name, sent.destination)
+        return self.app.result_handle(sent)
 
 
 def call_options(options: Mapping[str, Any]) -> CallOptions:

@@ -14,12 +14,18 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
-from ..errors import BrokerUnavailable, NackError, PublishError, UnroutableError
+from typing import TYPE_CHECKING, Awaitable, Iterable, TypeVar
+
+from ..errors import BrokerUnavailable, DeclareConflict, NackError, PublishError, UnroutableError
 from ..protocol import WireMessage
 from ..settings import BrokerSettings
 from .params import aio_pika_url, ssl_context
 
+if TYPE_CHECKING:
+    from ..topology.model import Topology
+
 log = logging.getLogger("amqtask.amqp")
+T = TypeVar("T")
 
 
 def aio_message(wire: WireMessage) -> aio_pika.Message:
@@ -109,3 +115,41 @@ class AsyncTransport:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None:
             await connection.close()
+
+
+async def declare_topology(channel: aio_pika.abc.AbstractChannel, topology: "Topology",
+                           queues: "Iterable[str] | None" = None) -> None:
+    """Declare exchanges, the given queues (all when None) and their bindings on a
+    (robust) channel, which re-declares them by itself after a reconnect.
+    A 406 conflict raises DeclareConflict naming the object."""
+    wanted = set(topology.queues) if queues is None else set(queues)
+    exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
+    for x in topology.exchanges.values():
+        exchanges[x.name] = await _declaring(
+            "exchange", x.name,
+            channel.declare_exchange(x.name, aio_pika.ExchangeType(x.type), durable=x.durable,
+                                     auto_delete=x.auto_delete, internal=x.internal,
+                                     arguments=x.declare_arguments() or None),
+        )
+    declared: dict[str, aio_pika.abc.AbstractQueue] = {}
+    for q in topology.queues.values():
+        if q.name in wanted:
+            declared[q.name] = await _declaring(
+                "queue", q.name,
+                channel.declare_queue(q.name, durable=q.durable, exclusive=q.exclusive, auto_delete=q.auto_delete,
+                                      arguments=dict(q.arguments) or None),
+            )
+    for b in topology.bindings:
+        args = dict(b.arguments) or None
+        if b.to_exchange:
+            if b.destination in exchanges and b.source in exchanges:
+                await exchanges[b.destination].bind(exchanges[b.source], b.routing_key, arguments=args)
+        elif b.destination in declared:
+            await declared[b.destination].bind(b.source, b.routing_key, arguments=args)
+
+
+async def _declaring(kind: str, name: str, declaration: "Awaitable[T]") -> "T":
+    try:
+        return await declaration
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise DeclareConflict(kind, name, str(exc)) from None

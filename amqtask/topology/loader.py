@@ -21,6 +21,7 @@ from ..settings import (
     TASK_OPTION_NAMES,
     BrokerSettings,
     Defaults,
+    ResultSettings,
     RouteRule,
     Settings,
     TaskOptions,
@@ -35,7 +36,8 @@ CONFIG_ENV = "AMQTASK_CONFIG"
 BROKER_ENV = "AMQTASK_BROKER_URL"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
-SECTIONS = ("broker", "defaults", "exchanges", "queues", "routes", "tasks", "worker")
+SECTIONS = ("broker", "defaults", "exchanges", "queues", "routes", "tasks", "worker", "results")
+RESULTS_KEYS = ("enabled", "expires", "serializer")
 BROKER_KEYS = (
     "url", "confirm_publish", "connect_timeout", "publish_timeout", "heartbeat", "publish_retries",
     "accept_content", "tls",
@@ -233,9 +235,28 @@ class _Checker:
         routes = self.build_routes(self.sequence(root.get("routes"), ("routes",), "'routes'"), topology, defaults)
         tasks = self.build_tasks(self.mapping(root.get("tasks"), ("tasks",), "'tasks'"))
         worker = self.build_worker(self.mapping(root.get("worker"), ("worker",), "'worker'"), topology)
+        results = self.build_results(self.mapping(root.get("results"), ("results",), "'results'"))
         self.check_reachability(topology, defaults, routes)
         return Settings(topology=topology, routes=tuple(routes), tasks=tasks, defaults=defaults, broker=broker,
-                        worker=worker, source=self.source)
+                        worker=worker, results=results, source=self.source)
+
+    def build_results(self, raw: dict) -> ResultSettings:
+        path = ("results",)
+        self.unknown_keys(raw, path, RESULTS_KEYS, "'results'")
+        base = ResultSettings()
+        expires = base.expires_ms
+        if raw.get("expires") is not None:
+            parsed = parse_duration_ms(raw["expires"])
+            if parsed is None or parsed < 1:
+                self.error(path + ("expires",), f"'expires' must be milliseconds or a duration like '1d', "
+                                                f"not {raw['expires']!r}")
+            else:
+                expires = parsed
+        return ResultSettings(
+            enabled=self.typed(raw, path, "enabled", bool, base.enabled),
+            expires_ms=expires,
+            serializer=self.typed(raw, path, "serializer", str, base.serializer, choices=SERIALIZERS),
+        )
 
     def build_broker(self, raw: dict) -> BrokerSettings:
         path = ("broker",)

@@ -1,0 +1,1 @@
+"""The consuming half: `amqtask worker`. See consumer.Worker."""
