@@ -13,6 +13,7 @@ from . import __version__
 from .amqp.blocking import BlockingTransport
 from .errors import AmqtaskError, BrokerError, ConfigError, RoutingError, SerializationError
 from .publisher import CallOptions, Publisher
+from .results import AsyncResult, ResultConsumer
 from .router import Router
 from .settings import Settings
 from .topology.loader import CONFIG_ENV, check_file, format_problems, resolve_config_path
@@ -172,11 +173,13 @@ def declare(dry_run: bool, config_path: str | None) -> None:
 @click.option("--countdown", type=float, default=None, metavar="SECONDS", help="Run no earlier than this from now.")
 @click.option("--priority", type=click.IntRange(0, 255), default=None)
 @click.option("--serializer", type=click.Choice(["json", "msgpack", "yaml", "pickle"]), default=None)
+@click.option("--wait", is_flag=True, help="Wait for the result and print it (exit 1 if the task failed).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds --wait waits.")
 @config_option
 @handle_errors
 def call(task_name: str, args_json: str, kwargs_json: str, exchange: str | None, routing_key: str | None,
-         queue: str | None, countdown: float | None, priority: int | None, serializer: str | None,
-         config_path: str | None) -> None:
+         queue: str | None, countdown: float | None, priority: int | None, serializer: str | None, wait: bool,
+         timeout: float, config_path: str | None) -> None:
     """Publish TASK_NAME from the shell and print its id and destination.
 
     The publish is confirmed by the broker; a message no queue would receive is
@@ -186,19 +189,27 @@ def call(task_name: str, args_json: str, kwargs_json: str, exchange: str | None,
     kwargs = _json_arg(kwargs_json, dict, "--kwargs", "a JSON object, like '{\"x\": 1}'")
     settings = load(config_path)
     router = Router(settings)
-    publisher = Publisher(settings, router)
+    results = ResultConsumer(settings.broker, settings.results, settings.broker.accept_content) if wait else None
+    publisher = Publisher(settings, router, results=results)
     try:
         sent = publisher.send(task_name, args, kwargs, call=CallOptions(
             exchange=exchange, routing_key=routing_key, queue=queue, countdown=countdown, priority=priority,
             serializer=serializer))
+        d = sent.destination
+        queues = settings.topology.route(d.exchange, d.routing_key, d.headers)
+        click.echo(f"task id:     {sent.task_id}")
+        click.echo(f"exchange:    {d.exchange or '(default exchange)'}")
+        click.echo(f"routing key: {d.routing_key}")
+        click.echo(f"queues:      {', '.join(sorted(queues)) or '(per the broker)'}")
+        if wait:
+            payload = AsyncResult(sent.task_id, task_name, d, results).get(timeout=timeout, propagate=False)
+            state = results.latest(sent.task_id)["status"] if results and results.latest(sent.task_id) else "?"
+            click.echo(f"state:       {state}")
+            click.echo(f"result:      {json.dumps(payload)}")
+            if state != "SUCCESS":
+                sys.exit(EXIT_RUNTIME)
     finally:
         publisher.close()
-    d = sent.destination
-    queues = settings.topology.route(d.exchange, d.routing_key, d.headers)
-    click.echo(f"task id:     {sent.task_id}")
-    click.echo(f"exchange:    {d.exchange or '(default exchange)'}")
-    click.echo(f"routing key: {d.routing_key}")
-    click.echo(f"queues:      {', '.join(sorted(queues)) or '(per the broker)'}")
 
 
 @main.command()
@@ -300,7 +311,14 @@ def worker(app_spec: str, queues: str | None, exclude_queues: str | None, concur
     if config.pool == "solo":
         config = WorkerConfig(**{**config.__dict__, "concurrency": 1})
     click.echo(_banner(app, config))
-    sys.exit(asyncio.run(Worker(app, config).run()))
+    code = asyncio.run(Worker(app, config).run())
+    if code != 0:
+        # Cold shutdown: task threads cannot be stopped, and the interpreter would wait
+        # for them at exit. The connection is closed, so their messages are requeued.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 @main.group()

@@ -7,6 +7,7 @@ the task's metadata travels in headers, the body is `[args, kwargs, embed]`, and
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import os
 import reprlib
 import socket
@@ -214,7 +215,7 @@ def _timelimit(value: Any) -> tuple[float | None, float | None]:
         raise ProtocolError("header 'timelimit' must be [hard, soft]")
     out = []
     for item in value:
-        if item is not None and (isinstance(item, bool) or not isinstance(item, (int, float))):
+        if item is not None and (isinstance(item, bool) or not isinstance(item, (int, float, decimal.Decimal))):
             raise ProtocolError("header 'timelimit' must hold numbers or null")
         out.append(None if item is None else float(item))
     return out[0], out[1]

@@ -1,81 +1,83 @@
-"""The quick-start demo: declare routing.yaml, publish routed tasks, and show the
-queue each one landed in (read back from RabbitMQ, not predicted)."""
+"""The quick-start main job: declare routing.yaml, start a worker on the example
+tasks, publish tasks that route to different queues, print where each went and
+what came back, then stop the worker warmly."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from amqtask import App, AmqtaskError, UnroutableError
-from amqtask.amqp.blocking import BlockingTransport
-
 ROOT = Path(__file__).resolve().parent.parent
-CALLS = [
-    ("projq.tasks.add", (2, 3)),
-    ("projq.web.render", ("home",)),
-    ("projq.notify.email", ("ops@example.com",)),
-    ("projq.billing.invoice", (42,)),
-    ("projq.reports.pdf", ("q3",)),
-    ("projq.maintenance.vacuum", ()),
-    ("projq.unrouted.thing", ()),
-]
+sys.path.insert(0, str(ROOT))
+
+from amqtask import AmqtaskError, UnroutableError  # noqa: E402
+from amqtask.amqp.blocking import BlockingTransport  # noqa: E402
+from amqtask.control import ping_workers  # noqa: E402
+from examples.tasks import add, app, email, fail, invoice, pdf, render, vacuum  # noqa: E402
+
+QUEUES = "default,web_tasks,audit,pdf_reports,invoices,maintenance"
+CALLS = [(add, (2, 3)), (render, ("home",)), (email, ("ops@example.com",)), (invoice, (42,)), (pdf, ("q3",)),
+         (vacuum, ()), (fail, ())]
 
 
-def where_they_landed(app: App, task_ids: set[str]) -> dict[str, list[str]]:
-    """Take our messages back out of every non-stream queue; leave others' alone."""
-    landed: dict[str, list[str]] = {}
-    transport = app.publisher.transport
-    channel = transport._open()  # the demo inspects with the publisher's own channel
-    for queue in app.settings.topology.queues.values():
-        if queue.queue_type == "stream":
-            continue
-        requeue = []
-        while True:
-            method, props, _ = channel.basic_get(queue.name)
-            if method is None:
-                break
-            if props.correlation_id in task_ids:
-                landed.setdefault(props.correlation_id, []).append(queue.name)
-                channel.basic_ack(method.delivery_tag)
-            else:
-                requeue.append(method.delivery_tag)
-        for tag in requeue:
-            channel.basic_nack(tag, requeue=True)
-    return landed
+def start_worker() -> subprocess.Popen:
+    command = [sys.executable, "-m", "amqtask.cli", "worker", "-A", "examples.tasks", "-Q", QUEUES,
+               "-P", "threads", "-c", "4", "-n", f"demo-{os.getpid()}", "-l", "WARNING"]
+    worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        replies = ping_workers(app.settings.broker, timeout=0.5, destination=f"demo-{os.getpid()}")
+        if any(r.get("consuming") for r in replies):
+            return worker
+        if worker.poll() is not None:
+            raise AmqtaskError(f"the worker exited with status {worker.returncode}")
+    worker.kill()
+    raise AmqtaskError("the worker did not start consuming within 30s")
 
 
 def main() -> int:
-    app = App("demo", config=ROOT / "routing.yaml")
-    broker = app.settings.broker.urls[0].redacted()
-    print(f"broker: {broker}")
+    print(f"broker: {app.settings.broker.urls[0].redacted()}")
     with BlockingTransport(app.settings.broker) as transport:
         conflicts = transport.declare(app.settings.topology)
     for conflict in conflicts:
         print(f"conflict: {conflict}", file=sys.stderr)
     t = app.settings.topology
-    print(f"declared {len(t.exchanges)} exchanges, {len(t.queues)} queues, {len(t.bindings)} bindings\n")
-
-    sent = {}
-    for name, args in CALLS:
-        result = app.send_task(name, args)
-        sent[result.id] = result
+    print(f"declared {len(t.exchanges)} exchanges, {len(t.queues)} queues, {len(t.bindings)} bindings")
+    worker = start_worker()
+    print(f"worker started (pid {worker.pid}) on {QUEUES}\n")
     try:
-        app.send_task("projq.tasks.add", (1, 1), routing_key="zz.nowhere")
-    except UnroutableError as exc:
-        refused = str(exc)
-    landed = where_they_landed(app, set(sent))
-    app.close()
-
-    print(f"{'TASK':28} {'EXCHANGE':10} {'ROUTING KEY':14} LANDED IN")
-    for task_id, result in sent.items():
-        d = result.destination
-        queues = ", ".join(landed.get(task_id, [])) or "(nowhere!)"
-        print(f"{result.task_name:28} {d.exchange or '(default)':10} {d.routing_key:14} {queues}")
-    print(f"\nrefused at publish time: {refused}")
-    missing = [sent[i].task_name for i in sent if i not in landed]
-    if missing:
-        print(f"not found in any queue: {', '.join(missing)}", file=sys.stderr)
-        return 1
-    return 0
+        results = [(task, task.delay(*args)) for task, args in CALLS]
+        try:
+            add.apply_async((1, 1), routing_key="zz.nowhere")
+            refused = "(not refused!)"
+        except UnroutableError as exc:
+            refused = str(exc)
+        print(f"{'TASK':26} {'EXCHANGE':10} {'ROUTING KEY':13} {'QUEUE':12} {'STATE':8} RESULT")
+        ok = True
+        for task, result in results:
+            try:
+                value = repr(result.get(timeout=30))
+            except AmqtaskError as exc:
+                value = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # the task's own exception, re-raised by get()
+                value = f"raised {type(exc).__name__}: {exc}"
+            d = result.destination
+            queues = ", ".join(sorted(t.route(d.exchange, d.routing_key, d.headers)))
+            expected = "FAILURE" if task is fail else "SUCCESS"
+            ok = ok and result.state == expected
+            print(f"{task.name:26} {d.exchange or '(default)':10} {d.routing_key:13} {queues:12} "
+                  f"{result.state:8} {value}")
+        print(f"\nrefused at publish time: {refused}")
+        print("the failed task was dead-lettered to default.dead with header x-amqtask-reason")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=60)
+        app.close()
+    print(f"worker stopped warmly (exit status {code})")
+    return 0 if ok and code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -129,3 +129,142 @@ def track_topology(channel, prefix: str) -> None:
         channel.track("exchange", f"{prefix}.{x}")
     for q in ("default", "web_tasks", "audit", "small"):
         channel.track("queue", f"{prefix}.{q}")
+
+
+def worker_yaml(prefix: str, url: str = "${AMQTASK_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672//}") -> str:
+    """A topology for worker tests: a direct exchange and two queues."""
+    return f"""\
+broker:
+  url: {url}
+  publish_timeout: 5
+defaults:
+  exchange: {prefix}.x
+  routing_key: work
+exchanges:
+  {prefix}.x: {{type: direct}}
+queues:
+  {prefix}.work:
+    bindings:
+      - {{exchange: {prefix}.x, routing_key: work}}
+  {prefix}.other:
+    bindings:
+      - {{exchange: {prefix}.x, routing_key: other}}
+routes:
+  - task: t.unrated
+    routing_key: other
+"""
+
+
+class WorkerHarness:
+    """Runs `amqtask worker` processes on a per-test topology and records what ran."""
+
+    def __init__(self, prefix: str, tmp_path: Path, amqp, url: str | None = None) -> None:
+        import json as _json
+
+        self._json = _json
+        self.prefix = prefix
+        self.config = tmp_path / "routing.yaml"
+        self.config.write_text(worker_yaml(prefix, url) if url else worker_yaml(prefix))
+        self.record_file = tmp_path / "record.jsonl"
+        self.record_file.touch()
+        self.queue = f"{prefix}.work"
+        self.processes: list = []
+        self.env = {**os.environ, "WORKER_TEST_CONFIG": str(self.config),
+                    "WORKER_TEST_RECORD": str(self.record_file), "PYTHONPATH": str(ROOT)}
+        for name in ("work", "other", "work.dead", "other.dead"):
+            amqp.track("queue", f"{prefix}.{name}")
+        amqp.track("exchange", f"{prefix}.x")
+        os.environ["WORKER_TEST_CONFIG"] = str(self.config)
+        os.environ["WORKER_TEST_RECORD"] = str(self.record_file)
+        import importlib
+        import sys as _sys
+
+        if "integration.worker_app" in _sys.modules:
+            importlib.reload(_sys.modules["integration.worker_app"])
+        from integration import worker_app
+
+        self.module = worker_app
+        self.app = worker_app.app
+
+    def start(self, *flags: str, name: str | None = None, wait: bool = True):
+        import subprocess
+        import sys as _sys
+
+        name = name or f"{self.prefix}-{len(self.processes)}"
+        command = [_sys.executable, "-m", "amqtask.cli", "worker", "-A", "integration.worker_app",
+                   "-Q", self.queue + ("," + f"{self.prefix}.other" if "--both" in flags else ""),
+                   "-n", name, *[f for f in flags if f != "--both"]]
+        log = open(self.record_file.parent / f"{name}.log", "w")
+        process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process.name = name  # type: ignore[attr-defined]
+        process.log_path = log.name  # type: ignore[attr-defined]
+        self.processes.append(process)
+        if wait:
+            self.wait_consuming(process)
+        return process
+
+    def wait_consuming(self, process, timeout: float = 30.0) -> None:
+        import time as _time
+
+        from amqtask.control import ping_workers
+
+        deadline = _time.monotonic() + timeout
+        while _time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"worker exited with {process.returncode}:\n{self.output(process)}")
+            replies = ping_workers(self.app.settings.broker, timeout=0.3, destination=process.name)
+            if any(r.get("consuming") for r in replies):
+                return
+        raise AssertionError(f"worker did not start consuming:\n{self.output(process)}")
+
+    def output(self, process) -> str:
+        return Path(process.log_path).read_text()
+
+    def records(self, event: str | None = None) -> list[dict]:
+        lines = self.record_file.read_text().splitlines()
+        out = [self._json.loads(line) for line in lines if line.strip()]
+        return [r for r in out if event is None or r.get("event") == event]
+
+    def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition") -> None:
+        import time as _time
+
+        deadline = _time.monotonic() + timeout
+        while _time.monotonic() < deadline:
+            if predicate():
+                return
+            _time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; records: {self.records()[-10:]}")
+
+    def stop_all(self) -> None:
+        import signal as _signal
+
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(_signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except Exception:
+                process.kill()
+                process.wait()
+        self.app.close()
+
+
+@pytest.fixture
+def harness(prefix, tmp_path, amqp, broker_url):
+    h = WorkerHarness(prefix, tmp_path, amqp)
+    yield h
+    h.stop_all()
+
+
+def unacked(queue: str) -> int:
+    """messages_unacknowledged for `queue`, as RabbitMQ reports it."""
+    import subprocess
+
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+                         capture_output=True, text=True, timeout=60).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == queue:
+            return int(parts[1])
+    return 0

@@ -88,3 +88,17 @@ def test_minimal_foreign_message_is_accepted():
 def test_naive_times_are_utc():
     back = decode_task(wire(headers={"task": "t", "id": "1", "eta": "2030-01-01T00:00:00"}), Codec())
     assert back.eta == dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def test_fractional_time_limits_survive_pika_encoding():
+    import decimal
+
+    from amqtask.amqp.blocking import wire_properties
+    from amqtask.protocol import WireMessage as W
+
+    wire = encode_task(TaskMessage(task="t", time_limit=30.0, soft_time_limit=0.5), Codec())
+    props = wire_properties(wire)
+    assert props.headers["timelimit"] == [30, decimal.Decimal("0.5")]
+    back = decode_task(W(body=wire.body, headers=props.headers, content_type=wire.content_type,
+                         content_encoding=wire.content_encoding), Codec())
+    assert (back.time_limit, back.soft_time_limit) == (30.0, 0.5)

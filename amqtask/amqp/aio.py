@@ -118,10 +118,11 @@ class AsyncTransport:
 
 
 async def declare_topology(channel: aio_pika.abc.AbstractChannel, topology: "Topology",
-                           queues: "Iterable[str] | None" = None) -> None:
+                           queues: "Iterable[str] | None" = None) -> "dict[str, aio_pika.abc.AbstractQueue]":
     """Declare exchanges, the given queues (all when None) and their bindings on a
     (robust) channel, which re-declares them by itself after a reconnect.
-    A 406 conflict raises DeclareConflict naming the object."""
+    A 406 conflict raises DeclareConflict naming the object. Returns the declared
+    queue objects: consume through these, so the robust channel restores consumers."""
     wanted = set(topology.queues) if queues is None else set(queues)
     exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
     for x in topology.exchanges.values():
@@ -146,6 +147,7 @@ async def declare_topology(channel: aio_pika.abc.AbstractChannel, topology: "Top
                 await exchanges[b.destination].bind(exchanges[b.source], b.routing_key, arguments=args)
         elif b.destination in declared:
             await declared[b.destination].bind(b.source, b.routing_key, arguments=args)
+    return declared
 
 
 async def _declaring(kind: str, name: str, declaration: "Awaitable[T]") -> "T":

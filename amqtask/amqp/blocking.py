@@ -8,12 +8,13 @@ was lost with the connection may reach the broker twice).
 """
 from __future__ import annotations
 
+import decimal
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import pika
 import pika.exceptions as px
@@ -46,11 +47,23 @@ class QueueStats:
     consumers: int
 
 
+def pika_header_value(value: Any) -> Any:
+    """pika cannot encode floats in a field table; send whole numbers as integers and
+    others as decimals (both are AMQP types every client reads)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else decimal.Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: pika_header_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [pika_header_value(v) for v in value]
+    return value
+
+
 def wire_properties(wire: WireMessage) -> pika.BasicProperties:
     return pika.BasicProperties(
         content_type=wire.content_type,
         content_encoding=wire.content_encoding,
-        headers=dict(wire.headers),
+        headers=pika_header_value(dict(wire.headers)),
         delivery_mode=wire.delivery_mode,
         priority=wire.priority,
         correlation_id=wire.correlation_id,

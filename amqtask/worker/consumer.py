@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -233,9 +234,9 @@ class Worker:
     async def _declare(self) -> None:
         assert self._channel is not None
         plan = self.consumed_topology()
-        await declare_topology(self._channel, plan)
+        declared = await declare_topology(self._channel, plan)
         for name in self.config.queues:
-            self._queues[name] = await self._channel.get_queue(name, ensure=False)
+            self._queues[name] = declared[name]
             if self.config.purge:
                 purged = await self._queues[name].purge()
                 log.info("purged %s messages from %s", purged.message_count, name)
@@ -327,11 +328,12 @@ class Worker:
                             correlation_id=message.correlation_id, content_type="application/json")
 
     # -- handling a message --------------------------------------------------------
-    def _on_message(self, message: AbstractIncomingMessage, queue: str) -> Any:
+    def _on_message(self, message: AbstractIncomingMessage, queue: str) -> None:
+        # Returns nothing for aio-pika to await: a channel that closes cancels what the
+        # consumer callback awaits, and a running task must finish whatever happens.
         task = asyncio.ensure_future(self._handle(message, queue))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
-        return task
 
     async def _handle(self, message: AbstractIncomingMessage, queue: str) -> None:
         self.stats.received += 1
@@ -419,13 +421,14 @@ class Worker:
         if rate is None:
             return False
         now = time.time()
-        slot = (message.headers or {}).get(SLOT_HEADER)
-        if isinstance(slot, (int, float)) and slot <= now + 0.001:
+        slot_ms = (message.headers or {}).get(SLOT_HEADER)
+        if isinstance(slot_ms, int) and slot_ms <= now * 1000 + 1:
             return False  # this message already holds a reserved slot
         start = self.rates.reserve(name, rate, now)
         if start <= now:
             return False
-        await self._park(message, queue, start - now, extra_headers={SLOT_HEADER: start})
+        # An integer: AMQP clients encode floats in headers with differing precision.
+        await self._park(message, queue, start - now, extra_headers={SLOT_HEADER: math.ceil(start * 1000)})
         return True
 
     async def _settle(self, message: AbstractIncomingMessage, queue: str, tm: TaskMessage, options: TaskOptions,
@@ -509,7 +512,10 @@ class Worker:
 
     async def _republish_retry(self, tm: TaskMessage, queue: str, countdown: float) -> None:
         eta = utcnow() + dt.timedelta(seconds=countdown)
-        retry = TaskMessage(**{**tm.__dict__, "retries": tm.retries + 1, "eta": eta})
+        # RabbitMQ drops a message that dead-letters through a queue its x-death
+        # already names (cycle detection), so the cascade's traces must not travel on.
+        extra = {k: v for k, v in tm.extra_headers.items() if k not in _DEATH_HEADERS and k != SLOT_HEADER}
+        retry = TaskMessage(**{**tm.__dict__, "retries": tm.retries + 1, "eta": eta, "extra_headers": extra})
         wire = encode_task(retry, self.codec, serializer="json")
         exchange, key = delays.park_route(countdown, queue)
         await self._publish(exchange, key, wire.body, headers=dict(wire.headers), content_type=wire.content_type,

@@ -3,6 +3,7 @@ prefork pool it runs inside the child), so the rules for retries, failures and
 result encoding live in one place."""
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import traceback as tb
@@ -40,6 +41,9 @@ class Outcome:
 
 
 def run_sync(task: "Task", request: Request, codec: Codec, serializer: str) -> Outcome:
+    """Run in the calling thread; an `async def` task gets an event loop of its own."""
+    if task.is_async:
+        return asyncio.run(run_async(task, request, codec, serializer))
     token = current_request.set(request)
     started = time.monotonic()
     try:

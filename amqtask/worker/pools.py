@@ -187,10 +187,7 @@ def _child_main(conn: multiprocessing.connection.Connection, app: "App", codec: 
         if soft:
             signal.setitimer(signal.ITIMER_REAL, soft)
         try:
-            if task.is_async:
-                outcome = asyncio.run(run_async(task, request, codec, serializer))
-            else:
-                outcome = run_sync(task, request, codec, serializer)
+            outcome = run_sync(task, request, codec, serializer)
         except SoftTimeLimitExceeded as exc:  # fired outside the task's own frame
             outcome = failure(request, exc, codec, serializer, 0.0, "")
         finally:
