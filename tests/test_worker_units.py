@@ -1,0 +1,135 @@
+"""Pure parts of the worker: the delay cascade, retry rules, rate limits, testing broker."""
+import json
+
+import pytest
+
+from amqtask import App
+from amqtask.results import FAILURE, SUCCESS, exception_from_payload, exception_payload
+from amqtask.serializers import Codec
+from amqtask.testing import TestBroker
+from amqtask.topology.loader import check_text
+from amqtask.topology.model import Queue, Topology
+from amqtask.worker import delays
+from amqtask.worker.execute import RETRY, backoff, run_sync
+from amqtask.worker.ratelimit import RateLimiter, parse_rate
+from amqtask.worker.request import Request
+
+
+def simulate_parking(delay_seconds: float, queue: str) -> int:
+    """Follow a parked message through the cascade with the topology model, adding up
+    the TTLs of the queues it waits in, until it reaches `queue`."""
+    cascade = delays.delay_topology()
+    topology = Topology.build(list(cascade.exchanges.values()), list(cascade.queues.values()) + [Queue(queue)],
+                              list(cascade.bindings) + [delays.delivery_binding(queue)])
+    exchange, key = delays.park_route(delay_seconds, queue)
+    waited = 0
+    for _ in range(delays.LEVELS + 1):
+        [reached] = topology.route(exchange, key)
+        if reached == queue:
+            return waited
+        spec = topology.queues[reached]
+        waited += spec.arguments["x-message-ttl"]
+        exchange = spec.arguments["x-dead-letter-exchange"]
+    raise AssertionError("the message never came home")
+
+
+@pytest.mark.parametrize("seconds", [0, 0.001, 1, 1.5, 5, 3600, 30 * 86400, 49 * 86400])
+def test_cascade_waits_exactly_the_delay_rounded_up_to_the_ms(seconds):
+    assert simulate_parking(seconds, "web.tasks") == min(delays.MAX_DELAY_MS, -(-int(seconds * 1e6) // 1000))
+
+
+def test_queue_names_with_dots_and_wildcards_come_home_to_the_right_queue():
+    for name in ("a.b", "b", "x*y", "#", "with space"):
+        assert simulate_parking(2.5, name) == 2500
+
+
+def test_retry_rules():
+    app = App("t", settings=load_settings_text("{}"))
+
+    @app.task(name="r", bind=True, max_retries=2)
+    def r(self):
+        raise self.retry(countdown=7, exc=KeyError("k"))
+
+    codec = Codec()
+    outcome = run_sync(r, Request(id="1", task="r", reply_to="q"), codec, "json")
+    assert outcome.state == RETRY and outcome.countdown == 7
+    assert json.loads(outcome.reply)["status"] == "RETRY"
+    final = run_sync(r, Request(id="1", task="r", retries=2, reply_to="q"), codec, "json")
+    assert final.state == FAILURE and final.reason.startswith("max retries (2) exceeded: KeyError")
+    assert json.loads(final.reply)["result"]["exc_type"] == "KeyError"
+
+
+def test_backoff_is_exponential_capped_and_jittered():
+    app = App("t", settings=load_settings_text("{}"))
+    plain = app.task(name="p", retry_backoff=2, retry_jitter=False, retry_backoff_max=20)(lambda: None)
+    assert [backoff(plain, n) for n in range(5)] == [2, 4, 8, 16, 20]
+    jittered = app.task(name="j", retry_backoff=True)(lambda: None)
+    assert all(0 <= backoff(jittered, 3) <= 8 for _ in range(50))
+
+
+def test_unencodable_result_is_a_clear_failure():
+    app = App("t", settings=load_settings_text("{}"))
+    task = app.task(name="o")(lambda: object())
+    outcome = run_sync(task, Request(id="1", task="o", reply_to="q"), Codec(), "json")
+    assert outcome.state == FAILURE and "cannot be encoded" in outcome.reason
+
+
+def test_exceptions_round_trip_without_importing_modules():
+    assert isinstance(exception_from_payload(exception_payload(ValueError("x"))), ValueError)
+    custom = exception_from_payload({"exc_type": "PaymentDeclined", "exc_message": ["no"], "exc_module": "shop.x"},
+                                    "Traceback...")
+    assert type(custom).__name__ == "PaymentDeclined" and custom.args == ("no",) and custom.traceback
+
+
+def test_rate_limits():
+    assert parse_rate("500/m") == pytest.approx(500 / 60)
+    assert parse_rate("10") == 10 and parse_rate(None) is None and parse_rate("0") is None
+    with pytest.raises(ValueError):
+        parse_rate("fast")
+    limiter = RateLimiter()
+    starts = [limiter.reserve("t", 5, 100.0) for _ in range(4)]
+    assert starts == [100.0, 100.2, pytest.approx(100.4), pytest.approx(100.6)]
+    assert limiter.reserve("other", 5, 100.0) == 100.0  # per task type
+
+
+def test_testing_broker_routes_and_runs(example_config):
+    app = App("t", config=example_config)
+
+    @app.task(name="projq.tasks.add")
+    def add(x, y):
+        return x + y
+
+    @app.task(name="projq.billing.invoice", bind=True)
+    def invoice(self, n):
+        if self.request.retries < 2:
+            raise self.retry(countdown=60)
+        return n
+
+    with TestBroker(app) as broker:
+        result = add.delay(2, 3)
+        retried = invoice.delay(9)
+        assert broker.queue_names_of(result) == ["web_tasks"]
+        assert broker.queue_names_of(retried) == ["invoices"]
+        assert [m.args for m in broker.messages("web_tasks")] == [(2, 3)]
+        assert broker.run_all() == 4  # add, invoice and its two retries
+        assert result.get() == 5 and result.state == SUCCESS
+        assert retried.get() == 9
+    assert app._publisher is None  # restored
+
+
+def load_settings_text(text: str):
+    return check_text(text, environ={}).settings
+
+
+def test_load_app(tmp_path, monkeypatch):
+    from amqtask.app import load_app
+    from amqtask.errors import AmqtaskError
+
+    (tmp_path / "myjobs.py").write_text("from amqtask import App\nmine = App('x', config=None)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_app("myjobs").name == "x" and load_app("myjobs:mine").name == "x"
+    with pytest.raises(AmqtaskError):
+        load_app("no_such_module_here")
+    with pytest.raises(AmqtaskError):
+        load_app("myjobs:missing")
