@@ -324,3 +324,9 @@ def test_call_wait_prints_the_result(harness):
                             cwd=ROOT, timeout=60)
     assert called.returncode == 0, called.stderr
     assert "result:      5" in called.stdout
+
+
+def test_max_memory_per_child_recycles_children(harness):
+    harness.start("-P", "prefork", "-c", "1", "--max-memory-per-child", "1")  # 1 KiB: always over
+    pids = [harness.module.pid.delay().get(timeout=20) for _ in range(3)]
+    assert len(set(pids)) == 3

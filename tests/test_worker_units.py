@@ -133,3 +133,12 @@ def test_load_app(tmp_path, monkeypatch):
         load_app("no_such_module_here")
     with pytest.raises(AmqtaskError):
         load_app("myjobs:missing")
+
+
+def test_result_handle_for_an_unknown_id_says_so():
+    from amqtask.results import UnknownTaskError
+
+    app = App("t", settings=load_settings_text("{}"))
+    with pytest.raises(UnknownTaskError) as exc:
+        app.AsyncResult("not-sent-here").get(timeout=1)
+    assert "not sent by this process" in str(exc.value)
