@@ -29,7 +29,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 from ..amqp.aio import declare_topology
 from ..amqp.params import aio_pika_url, ssl_context
 from ..errors import DeclareConflict, ProtocolError, SerializationError
-from ..protocol import TaskMessage, WireMessage, decode_task, encode_task, utcnow
+from ..protocol import TaskMessage, WireMessage, decode_task, encode_task, new_task_id, utcnow
 from ..results import REVOKED, STARTED, result_body
 from ..serializers import Codec
 from ..settings import TaskOptions
@@ -357,6 +357,9 @@ class Worker:
         if task is None:
             await self._dead_letter(message, queue, f"unknown task {task_message.task!r}")
             return
+        if task_message.embed.get("chord"):
+            await self._dead_letter(message, queue, "canvas: chords are not supported (chain and link are)")
+            return
         now = utcnow()
         if task_message.expires is not None and task_message.expires <= now:
             await self._revoke(message, task_message, "expired")
@@ -402,7 +405,8 @@ class Worker:
             redelivered=bool(message.redelivered), eta=tm.eta, expires=tm.expires, reply_to=tm.reply_to,
             root_id=tm.root_id, parent_id=tm.parent_id, queue=queue, exchange=message.exchange or "",
             routing_key=message.routing_key or "", hostname=self.config.hostname,
-            headers={"ignore_result": tm.ignore_result},
+            headers={"ignore_result": tm.ignore_result,
+                     "canvas": bool(tm.embed.get("chain") or tm.embed.get("callbacks"))},
         )
 
     def _limits(self, tm: TaskMessage, options: TaskOptions) -> Limits:
@@ -438,6 +442,7 @@ class Worker:
         if outcome.state == SUCCESS:
             self.stats.succeeded += 1
             log.debug("task %s[%s] succeeded in %.3fs", tm.task, tm.id, outcome.runtime)
+            await self._continue_canvas(tm, outcome.value)
         elif outcome.state == RETRY:
             self.stats.retried += 1
             await self._republish_retry(tm, queue, outcome.countdown or 0.0)
@@ -518,6 +523,45 @@ class Worker:
         retry = TaskMessage(**{**tm.__dict__, "retries": tm.retries + 1, "eta": eta, "extra_headers": extra})
         wire = encode_task(retry, self.codec, serializer="json")
         exchange, key = delays.park_route(countdown, queue)
+        await self._publish(exchange, key, wire.body, headers=dict(wire.headers), content_type=wire.content_type,
+                            content_encoding=wire.content_encoding, correlation_id=wire.correlation_id,
+                            reply_to=wire.reply_to, priority=wire.priority,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+    async def _continue_canvas(self, tm: TaskMessage, value: Any) -> None:
+        """Celery's chain and link: the next signature (the chain's last entry, as
+        Celery stores it reversed) and each callback get the result prepended to their
+        args, unless immutable. Published before the ack, so a crash repeats, not loses."""
+        chain = list(tm.embed.get("chain") or [])
+        followers = [(chain.pop(), chain)] if chain else []
+        followers += [(sig, None) for sig in tm.embed.get("callbacks") or []]
+        for signature, rest in followers:
+            try:
+                await self._apply_signature(signature, value, tm, rest)
+            except Exception as exc:  # a malformed signature must not undo the finished task
+                log.error("task %s[%s]: could not send the next task of its chain/link: %s", tm.task, tm.id, exc)
+
+    async def _apply_signature(self, sig: Any, value: Any, parent: TaskMessage, chain: list | None) -> None:
+        if not isinstance(sig, dict) or not isinstance(sig.get("task"), str):
+            raise ValueError(f"not a task signature: {str(sig)[:200]}")
+        options = sig.get("options") or {}
+        args = tuple(sig.get("args") or ())
+        if not sig.get("immutable"):
+            args = (value, *args)
+        embed = {"callbacks": None, "errbacks": None, "chain": chain or None, "chord": None}
+        follower = TaskMessage(
+            task=sig["task"], id=options.get("task_id") or new_task_id(), args=args,
+            kwargs=dict(sig.get("kwargs") or {}), embed=embed, root_id=parent.root_id or parent.id,
+            parent_id=parent.id, reply_to=options.get("reply_to"), priority=options.get("priority"),
+        )
+        if options.get("queue") and not options.get("exchange"):
+            exchange, key = "", str(options["queue"])
+        elif options.get("exchange") is not None or options.get("routing_key") is not None:
+            exchange, key = str(options.get("exchange") or ""), str(options.get("routing_key") or "")
+        else:
+            dest = self.app.router.route(follower.task)
+            exchange, key = dest.exchange, dest.routing_key
+        wire = encode_task(follower, self.codec)
         await self._publish(exchange, key, wire.body, headers=dict(wire.headers), content_type=wire.content_type,
                             content_encoding=wire.content_encoding, correlation_id=wire.correlation_id,
                             reply_to=wire.reply_to, priority=wire.priority,

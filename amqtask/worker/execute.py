@@ -38,6 +38,7 @@ class Outcome:
     exc_payload: dict | None = None
     traceback: str | None = None
     runtime: float = 0.0
+    value: Any = None  # the return value, kept only when a chain or callback needs it
 
 
 def run_sync(task: "Task", request: Request, codec: Codec, serializer: str) -> Outcome:
@@ -71,14 +72,15 @@ async def run_async(task: "Task", request: Request, codec: Codec, serializer: st
 
 
 def settle_success(request: Request, value: Any, codec: Codec, serializer: str, runtime: float) -> Outcome:
+    kept = value if request.headers.get("canvas") else None
     if not request.reply_to or request.headers.get("ignore_result"):
-        return Outcome(SUCCESS, runtime=runtime)
+        return Outcome(SUCCESS, runtime=runtime, value=kept)
     try:
         body, ctype, _, _ = codec.encode(result_body(request.id, SUCCESS, value), serializer)
     except AmqtaskError as exc:
         error = TypeError(f"the task's return value cannot be encoded as {serializer}: {exc}")
         return failure(request, error, codec, serializer, runtime, "")
-    return Outcome(SUCCESS, reply=body, reply_content_type=ctype, runtime=runtime)
+    return Outcome(SUCCESS, reply=body, reply_content_type=ctype, runtime=runtime, value=kept)
 
 
 def settle_exception(task: "Task", request: Request, exc: BaseException, codec: Codec, serializer: str,

@@ -6,7 +6,7 @@ import os
 from celery import Celery
 from kombu import Queue
 
-app = Celery("peer", broker=os.environ["AMQTASK_BROKER_URL"])
+app = Celery("peer", broker=os.environ["AMQTASK_BROKER_URL"], backend="rpc://")
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
