@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)
+NODE_DEPS := examples/node/node_modules/.installed
+
+# The Node.js client test uses amqplib; installed when npm is present.
+$(NODE_DEPS): examples/node/package.json
+	if command -v npm >/dev/null 2>&1; then npm install --prefix examples/node --silent --no-audit --no-fund && touch $(NODE_DEPS); fi
+
+test: $(STAMP) $(NODE_DEPS)
 	$(BIN)/python -m pytest tests integration
 
 unit: $(STAMP)

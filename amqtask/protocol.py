@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import os
+from importlib import resources
 import reprlib
 import socket
 import uuid
@@ -24,6 +26,12 @@ _repr.maxstring = 256
 _repr.maxother = 256
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = 32
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+
+
+def load_schema(name: str = "task-message") -> dict[str, Any]:
+    """The JSON Schema shipped with amqtask: "task-message" or "result-message"."""
+    text = resources.files("amqtask.schemas").joinpath(f"{name}.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
 
 
 def new_task_id() -> str:

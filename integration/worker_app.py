@@ -112,3 +112,9 @@ def early(self, sleep):
     record(event="start", id=self.request.id)
     time.sleep(sleep)
     return "done"
+
+
+@app.task(name="projq.tasks.add")
+def projq_add(x, y):
+    """The task the protocol vectors and docs/protocol.md call."""
+    return x + y
