@@ -1,5 +1,5 @@
 // Publish an amqtask task from Go with github.com/rabbitmq/amqp091-go and print its result.
-// go run main.go   (AMQP_URL, QUEUE and TASK override the defaults)
+// go mod init example && go mod tidy && go run .   (AMQP_URL, QUEUE, TASK override the defaults)
 package main
 
 import (

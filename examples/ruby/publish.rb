@@ -3,6 +3,7 @@
 require "bunny"
 require "json"
 require "securerandom"
+require "timeout"
 
 queue_name = ARGV[0] || "web_tasks"
 task = ARGV[1] || "projq.tasks.add"
