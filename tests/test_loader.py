@@ -162,3 +162,28 @@ def test_durations():
     assert parse_duration_ms("250ms") == 250
     assert parse_duration_ms("soon") is None
     assert parse_duration_ms(True) is None
+
+
+def test_recursive_alias_is_an_error_not_a_crash():
+    result = check_text("a: &a [*a]\n", environ={})
+    assert result.settings is None and "refers to itself" in result.errors[0].message
+
+
+def test_alias_bomb_is_refused_quickly():
+    lines = ["a: &a [x,x,x,x,x,x,x,x,x]"]
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    result = check_text("\n".join(lines) + "\n", environ={})
+    assert result.settings is None and "more than 100000 values" in result.errors[0].message
+
+
+def test_unknown_yaml_tags_are_errors():
+    result = check_text("queues:\n  q: {bindings: [], !weird_tag: 1}\n  r: !!int nope\n", environ={})
+    messages = [p.message for p in result.errors]
+    assert any("invalid YAML value" in m for m in messages)
+
+
+@pytest.mark.parametrize("text", ["", "NULL", "~\n", "# only a comment\n"])
+def test_empty_documents_mean_all_defaults(text):
+    result = check_text(text, environ={})
+    assert result.settings is not None and result.problems == ()

@@ -137,7 +137,7 @@ def check_text(text: str, source: str = "<string>", environ: Mapping[str, str] |
     checker = _Checker(doc, source)
     for where, message, hint in doc.errors:
         checker.problems.append(Problem(source, where, "error", message, hint))
-    if doc.data is None:
+    if doc.data is None and doc.errors:
         return LoadResult(None, tuple(checker.problems))
     settings = checker.build()
     ok = not any(p.severity == "error" for p in checker.problems)
@@ -623,7 +623,7 @@ class _Checker:
             reached = topology.route(defaults.exchange, defaults.routing_key)
             if topology.queues and not reached:
                 # Without a 'defaults' section this is only a risk; with one, a mistake.
-                report = self.error if "defaults" in self.doc.data else self.warn
+                report = self.error if "defaults" in (self.doc.data or {}) else self.warn
                 report(("defaults",), f"the default destination (exchange {defaults.exchange or '(default)'!r}, "
                                           f"routing key {defaults.routing_key!r}) reaches no queue",
                            "tasks that match no route would be lost; set defaults.routing_key to a bound key")

@@ -16,6 +16,9 @@ import yaml
 
 Path = tuple  # tuple[str | int, ...]
 
+# Aliases let a small file describe a huge tree ("billion laughs"); no real
+# routing.yaml comes near this many values.
+MAX_NODES = 100_000
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}|\$\$")
 
 
@@ -33,6 +36,7 @@ class Document:
     positions: dict
     errors: list  # list[tuple[Position, str, str]] : (where, message, hint)
     loader: yaml.SafeLoader = field(default_factory=lambda: yaml.SafeLoader(""))
+    nodes_seen: int = 0
 
     def position(self, path: Path) -> Position:
         """The position of `path`, or of its nearest ancestor that has one."""
@@ -84,14 +88,37 @@ def load_document(text: str, environ: Mapping[str, str] | None = None) -> Docume
     except yaml.YAMLError as exc:
         doc.errors.append((Position(1, 1), f"YAML error: {exc}", ""))
         return doc
+    except RecursionError:
+        doc.errors.append((Position(1, 1), "the document nests too deeply", "flatten it"))
+        return doc
     if node is None:
         doc.data = {}
         return doc
-    doc.data = _convert(node, (), doc, env)
+    try:
+        doc.data = _convert(node, (), doc, env, frozenset())
+    except _TooBig as exc:
+        doc.data = None
+        doc.errors.append((exc.where, str(exc), "expand the aliases by hand, or simplify the file"))
+    except RecursionError:
+        doc.data = None
+        doc.errors.append((Position(1, 1), "the document nests too deeply", "flatten it"))
     return doc
 
 
-def _convert(node: yaml.Node, path: Path, doc: Document, env: Mapping[str, str]) -> Any:
+class _TooBig(Exception):
+    def __init__(self, where: Position, message: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def _convert(node: yaml.Node, path: Path, doc: Document, env: Mapping[str, str], active: frozenset) -> Any:
+    doc.nodes_seen += 1
+    if doc.nodes_seen > MAX_NODES:
+        raise _TooBig(_mark(node), f"the document expands to more than {MAX_NODES} values (YAML aliases?)")
+    if id(node) in active:
+        raise _TooBig(_mark(node), "a YAML alias refers to itself (a recursive structure)")
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        active = active | {id(node)}
     doc.positions.setdefault(path, _mark(node))
     if isinstance(node, yaml.MappingNode):
         result: dict = {}
@@ -110,19 +137,24 @@ def _convert(node: yaml.Node, path: Path, doc: Document, env: Mapping[str, str])
                 doc.errors.append((_mark(key_node), f"duplicate key {key!r}{seen}", "remove one of them"))
                 continue
             doc.positions[path + (key,)] = _mark(key_node)
-            result[key] = _convert(value_node, path + (key,), doc, env)
+            result[key] = _convert(value_node, path + (key,), doc, env, active)
         return result
     if isinstance(node, yaml.SequenceNode):
         items = []
         for index, item in enumerate(node.value):
             doc.positions[path + (index,)] = _mark(item)
-            items.append(_convert(item, path + (index,), doc, env))
+            items.append(_convert(item, path + (index,), doc, env, active))
         return items
     return _scalar(node, doc, env)
 
 
 def _scalar(node: yaml.ScalarNode, doc: Document, env: Mapping[str, str]) -> Any:
-    value = doc.loader.construct_object(node, deep=True)
+    try:
+        value = doc.loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        doc.errors.append((_mark(node), f"invalid YAML value: {problem}", "remove the tag or fix the value"))
+        return None
     if not isinstance(value, str) or "$" not in value:
         return value
     expanded, missing = expand_variables(value, env)
