@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration clean
+.PHONY: demo test unit integration reliability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest integration
+
+# The fault and fuzz scenarios alone, writing docs/reliability.md from the run.
+# AMQTASK_CHAOS_SCALE=10 make reliability runs ten times the CI load.
+reliability: $(STAMP)
+	rm -f .reliability.jsonl
+	AMQTASK_RELIABILITY_OUT=.reliability.jsonl $(BIN)/python -m pytest integration/test_chaos.py integration/test_chaos_config.py
+	$(BIN)/python -m integration.reliability .reliability.jsonl > docs/reliability.md
+	rm -f .reliability.jsonl
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

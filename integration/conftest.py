@@ -59,14 +59,20 @@ def amqp(broker_url):
     created: dict[str, set[str]] = {"queue": set(), "exchange": set()}
     channel.track = lambda kind, name: created[kind].add(name)  # type: ignore[attr-defined]
     yield channel
-    cleanup = (connection if connection.is_open else connect(broker_url)).channel()
+    try:
+        cleanup = connection.channel()
+    except (pika.exceptions.AMQPError, OSError):  # e.g. the test restarted the broker
+        cleanup = connect(broker_url).channel()
     for q in created["queue"]:
         cleanup.queue_delete(q)
     for x in created["exchange"]:
         cleanup.exchange_delete(x)
     cleanup.connection.close()
-    if connection.is_open:
-        connection.close()
+    if connection.is_open and cleanup.connection is not connection:
+        try:
+            connection.close()
+        except (pika.exceptions.AMQPError, OSError):
+            pass
 
 
 @pytest.fixture
@@ -185,6 +191,10 @@ class WorkerHarness:
 
         self.module = worker_app
         self.app = worker_app.app
+
+    def declare(self) -> None:
+        """Create the test topology before any worker runs (to queue work up front)."""
+        assert self.app.publisher.transport.declare(self.app.settings.topology) == []
 
     def start(self, *flags: str, name: str | None = None, wait: bool = True):
         import subprocess

@@ -3,12 +3,15 @@ connection through it at once, as a broken network would."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
+import time
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, ssl_context: "ssl.SSLContext | None" = None) -> None:
         self.target = (target_host, target_port)
+        self.ssl_context = ssl_context  # set: clients speak TLS to the proxy (a TLS listener for the broker)
         self.port = 0
         self.cuts = 0
         self._loop = asyncio.new_event_loop()
@@ -23,7 +26,7 @@ class TcpProxy:
         return self
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -69,4 +72,26 @@ class TcpProxy:
                 self._server.close()
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+class Cutter:
+    """Cuts a proxy's connections every `interval` seconds in a background thread."""
+
+    def __init__(self, proxy: TcpProxy, interval: float) -> None:
+        self.proxy = proxy
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.proxy.cut()
+
+    def __enter__(self) -> "Cutter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
         self._thread.join(5)

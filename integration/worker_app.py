@@ -118,3 +118,16 @@ def early(self, sleep):
 def projq_add(x, y):
     """The task the protocol vectors and docs/protocol.md call."""
     return x + y
+
+
+@app.task(name="t.mark", bind=True)
+def mark(self, seq, sleep=0.0):
+    """One line per execution: what the chaos scenarios count."""
+    if sleep:
+        time.sleep(sleep)
+    record(event="ran", seq=seq, id=self.request.id, redelivered=self.request.redelivered)
+
+
+@app.task(name="t.slow")
+def slow(seq):
+    time.sleep(0.02)
