@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration reliability clean
+.PHONY: demo test unit integration reliability bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ reliability: $(STAMP)
 	AMQTASK_RELIABILITY_OUT=.reliability.jsonl $(BIN)/python -m pytest integration/test_chaos.py integration/test_chaos_config.py
 	$(BIN)/python -m integration.reliability .reliability.jsonl > docs/reliability.md
 	rm -f .reliability.jsonl
+
+# Side by side with Celery and Dramatiq (bench-only extras); rewrites docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,159 @@
+"""Run every workload (or those matching -k) several times, in fresh processes, on the
+same broker and machine, and write docs/benchmarks.md with medians, ranges and ratios.
+
+    python -m bench.run                 # all workloads, N=20000, 3 runs each
+    python -m bench.run -k drain --n 5000 --runs 1
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata as md
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from .workload import ROOT, WORKLOADS
+
+REPORT = ROOT / "docs" / "benchmarks.md"
+RAW = ROOT / "bench" / "last-run.jsonl"
+# (what, numerator workload, denominator workload, metric, target, higher is better)
+RATIOS = [
+    ("drain: amqtask best / Celery prefork default", "drain/amqtask*", "drain/celery prefork -c 2 (default)",
+     "per_second", 3.0, True),
+    ("drain: amqtask best / Dramatiq best", "drain/amqtask*", "drain/dramatiq*", "per_second", 1.5, True),
+    ("drain: amqtask default (prefork, late acks, fair) / Celery reliable", "drain/amqtask prefork -c 2",
+     "drain/celery reliable: acks_late, prefetch 1, -Ofair, prefork -c 2", "per_second", 2.0, True),
+    ("drain: raw aio-pika ceiling / amqtask best (lower is better)",
+     "ceiling/aio-pika consume, prefetch 200, ack each", "drain/amqtask*", "per_second", 1.5, False),
+    ("publish: amqtask bulk confirmed / Celery unconfirmed", "publish/amqtask bulk (asyncio, confirmed)",
+     "publish/celery apply_async, confirms off", "per_second", 2.0, True),
+    ("publish: amqtask unconfirmed / Dramatiq send", "publish/amqtask delay() unconfirmed",
+     "publish/dramatiq send, confirms off", "per_second", 1.0, True),
+    ("round trip p50: Celery / amqtask", "roundtrip/celery delay().get() rpc, solo worker",
+     "roundtrip/amqtask delay().get(), solo worker", "p50_ms", 2.0, True),
+    ("round trip: Celery p50 / amqtask p99", "roundtrip/celery delay().get() rpc, solo worker",
+     "roundtrip/amqtask delay().get(), solo worker", ("p50_ms", "p99_ms"), 1.0, True),
+    ("idle memory: Celery / amqtask", "memory/celery prefork -c 2", "memory/amqtask prefork -c 2",
+     "idle_rss_kib", 1.0, True),
+    ("spawn to first task: Celery / amqtask", "memory/celery prefork -c 2", "memory/amqtask prefork -c 2",
+     "spawn_to_first_task_s", 1.0, True),
+]
+
+
+def run_once(name: str, n: int) -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.workload", name, "--n", str(n)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=1800)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"workload": name, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(lines[-1])
+
+
+def summarise(results: list[dict]) -> dict:
+    """Median and range of every numeric figure across runs."""
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return {"error": results[-1].get("error")}
+    summary = {}
+    for key, value in ok[0].items():
+        if isinstance(value, (int, float)) and key != "n":
+            values = [r[key] for r in ok]
+            summary[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    summary["n"] = ok[0].get("n")
+    summary["runs"] = len(ok)
+    return summary
+
+
+def best(summaries: dict, pattern: str, metric: str) -> tuple[str, float] | None:
+    names = [k for k in summaries if (k == pattern or (pattern.endswith("*") and k.startswith(pattern[:-1])))
+             and metric in summaries[k]]
+    if not names:
+        return None
+    name = max(names, key=lambda k: summaries[k][metric]["median"])
+    return name, summaries[name][metric]["median"]
+
+
+def ratio_rows(summaries: dict) -> list[str]:
+    rows = []
+    for what, top, bottom, metric, target, higher in RATIOS:
+        top_metric, bottom_metric = metric if isinstance(metric, tuple) else (metric, metric)
+        a, b = best(summaries, top, top_metric), best(summaries, bottom, bottom_metric)
+        if not a or not b or not b[1]:
+            rows.append(f"| {what} | n/a | {target:g}x | not measured |")
+            continue
+        value = a[1] / b[1]
+        met = value >= target if higher else value <= target
+        rows.append(f"| {what} | {value:.2f}x | {'>=' if higher else '<='} {target:g}x | {'met' if met else 'NOT met'} |")
+    return rows
+
+
+def fmt(stat: dict) -> str:
+    if stat["min"] == stat["max"]:
+        return f"{stat['median']:,.3g}" if stat["median"] < 100 else f"{stat['median']:,.0f}"
+    if stat["median"] >= 100:
+        return f"{stat['median']:,.0f} ({stat['min']:,.0f}-{stat['max']:,.0f})"
+    return f"{stat['median']:.3g} ({stat['min']:.3g}-{stat['max']:.3g})"
+
+
+def render(summaries: dict, n: int, runs: int) -> str:
+    broker = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True).stdout.strip() or "?"
+    versions = ", ".join(f"{p} {md.version(p)}" for p in ("amqtask", "celery", "dramatiq", "pika", "aio-pika"))
+    lines = [
+        "# Benchmarks", "",
+        "amqtask, Celery and Dramatiq measured in the same run, on the same broker and machine, each workload in a",
+        f"fresh process. Medians of {runs} runs (min-max in brackets); N = {n} tasks unless the row says otherwise.",
+        "Reproduce with `make bench` (about 15 minutes; `python -m bench.run -k drain --runs 1` for a subset).", "",
+        f"Run on {dt.date.today().isoformat()}: RabbitMQ {broker} on loopback, Python {platform.python_version()}, "
+        f"{versions}; {os.cpu_count()} CPUs, {platform.machine()}.", "",
+        "## Ratios against the targets", "",
+        "| ratio | measured | target | |", "|---|---|---|---|",
+        *ratio_rows(summaries), "",
+        "## Every workload", "",
+        "| workload | tasks/s | latency p50 / p90 / p99 ms | spawn to first task s | RSS KiB |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in summaries.items():
+        if "error" in s:
+            lines.append(f"| {name} | failed: {s['error']} | | | |")
+            continue
+        throughput = fmt(s["per_second"]) if "per_second" in s else ""
+        latency = " / ".join(fmt(s[k]) for k in ("p50_ms", "p90_ms", "p99_ms") if k in s)
+        spawn = fmt(s["spawn_to_first_task_s"]) if "spawn_to_first_task_s" in s else ""
+        rss = fmt(s.get("idle_rss_kib") or s.get("rss_after_kib")) if ("idle_rss_kib" in s or "rss_after_kib" in s) else ""
+        lines.append(f"| {name} | {throughput} | {latency} | {spawn} | {rss} |")
+    lines += ["", "RSS is the worker and its pool children: idle (after one task) for `memory/` rows, after the",
+              "drain for `drain/` rows. Drain rates run from the first task's execution to the last's.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-k", default="", help="only workloads whose name contains this")
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-report", action="store_true", help="print results; do not rewrite docs/benchmarks.md")
+    args = parser.parse_args()
+    summaries = {}
+    with open(RAW, "w") as raw:
+        for name in WORKLOADS:
+            if args.k not in name:
+                continue
+            results = []
+            for _ in range(args.runs):
+                result = run_once(name, args.n)
+                raw.write(json.dumps(result) + "\n")
+                print(json.dumps(result), flush=True)
+                results.append(result)
+            summaries[name] = summarise(results)
+    if not args.no_report:
+        REPORT.write_text(render(summaries, args.n, args.runs))
+        print(f"wrote {REPORT}")
+
+
+if __name__ == "__main__":
+    main()
