@@ -142,3 +142,40 @@ def test_result_handle_for_an_unknown_id_says_so():
     with pytest.raises(UnknownTaskError) as exc:
         app.AsyncResult("not-sent-here").get(timeout=1)
     assert "not sent by this process" in str(exc.value)
+
+
+class FakeChannel:
+    is_closed = False
+
+    def __init__(self):
+        self.frames = []
+
+    def basic_ack(self, delivery_tag, multiple):
+        self.frames.append((delivery_tag, multiple))
+
+
+def test_ack_batcher_coalesces_in_order_and_never_covers_a_running_message():
+    import asyncio
+
+    from amqtask.worker.acks import AckBatcher
+
+    async def scenario():
+        channel = FakeChannel()
+        batcher = AckBatcher(channel, on_lost=lambda tag: None)
+        for tag in range(1, 8):
+            batcher.delivered(tag)
+        for tag in (1, 2, 3):
+            batcher.ack(tag)
+        await asyncio.sleep(0)
+        assert channel.frames == [(3, True)]
+        batcher.ack(6)  # 4 and 5 still running: 6 alone
+        await asyncio.sleep(0)
+        assert channel.frames[-1] == (6, False)
+        batcher.settled_elsewhere(4)  # nacked
+        batcher.ack(5)
+        batcher.ack(7)
+        await asyncio.sleep(0)
+        # 4 nacked, 5 acked, 6 acked already, 7 acked: one multiple ack up to 7
+        assert channel.frames[-1] == (7, True) and len(channel.frames) == 3
+
+    asyncio.run(scenario())

@@ -37,6 +37,7 @@ from ..topology.model import Queue, Topology
 from . import delays
 from .execute import FAILURE, REJECT, RETRY, SUCCESS, Outcome
 from .pools import WORKER_LOST, Limits, Pool, make_pool
+from .acks import AckBatcher
 from .ratelimit import SLOT_HEADER, RateLimiter, parse_rate
 from .request import Request
 
@@ -109,6 +110,8 @@ class Worker:
         self._cold = asyncio.Event()
         self._dead_queues: set[str] = set()
         self._control_declared = False
+        self._acks: dict[int, AckBatcher] = {}  # per underlying channel (a reconnect brings a new one)
+        self._options: dict[str, TaskOptions] = {}
 
     # -- life cycle ----------------------------------------------------------------
     def request_shutdown(self) -> None:
@@ -331,6 +334,7 @@ class Worker:
     def _on_message(self, message: AbstractIncomingMessage, queue: str) -> None:
         # Returns nothing for aio-pika to await: a channel that closes cancels what the
         # consumer callback awaits, and a running task must finish whatever happens.
+        self._batcher(message).delivered(message.delivery_tag)
         task = asyncio.ensure_future(self._handle(message, queue))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -367,7 +371,9 @@ class Worker:
         if task_message.eta is not None and task_message.eta > now:
             await self._park(message, queue, (task_message.eta - now).total_seconds())
             return
-        options = task.options.merged_over(self.app.router.options_for(task.name))
+        options = self._options.get(task.name)
+        if options is None:
+            options = self._options[task.name] = task.options.merged_over(self.app.router.options_for(task.name))
         if await self._rate_limited(message, queue, task.name, options):
             return
         acks_late = options.acks_late is not False
@@ -473,10 +479,21 @@ class Worker:
         """Ack (or with requeue=True/False, nack). False when the channel the message
         came on is gone: the broker will redeliver it."""
         try:
+            batcher = self._batcher(message)
+        except aio_pika.exceptions.ChannelInvalidStateError:
+            self.stats.acks_lost += 1
+            log.warning("could not settle message %s: its channel is gone; the broker will redeliver it",
+                        message.correlation_id)
+            return False
+        if requeue is None:
+            batcher.ack(message.delivery_tag)
+            return True
+        try:
             if requeue is None:
                 await message.ack()
             else:
                 await message.nack(requeue=requeue)
+                batcher.settled_elsewhere(message.delivery_tag)
                 if requeue:
                     self.stats.requeued += 1
             return True
@@ -485,6 +502,19 @@ class Worker:
             log.warning("could not %s message %s (%s); the broker will redeliver it",
                         "ack" if requeue is None else "nack", message.correlation_id, type(exc).__name__)
             return False
+
+    def _batcher(self, message: AbstractIncomingMessage) -> AckBatcher:
+        channel = message.channel
+        batcher = self._acks.get(id(channel))
+        if batcher is None or batcher.channel is not channel:
+            batcher = self._acks[id(channel)] = AckBatcher(channel, self._ack_lost)
+            # drop batchers of channels that are gone (after a reconnect)
+            for key in [k for k, b in self._acks.items() if b.channel.is_closed and k != id(channel)]:
+                del self._acks[key]
+        return batcher
+
+    def _ack_lost(self, tag: int) -> None:
+        self.stats.acks_lost += 1
 
     async def _publish(self, exchange: str, routing_key: str, body: bytes, *, mandatory: bool = True,
                        headers: dict | None = None, **properties: Any) -> None:
