@@ -179,3 +179,75 @@ def test_ack_batcher_coalesces_in_order_and_never_covers_a_running_message():
         assert channel.frames[-1] == (7, True) and len(channel.frames) == 3
 
     asyncio.run(scenario())
+
+
+def test_ack_batcher_holds_acks_while_the_pool_has_work_in_hand():
+    import asyncio
+
+    from amqtask.worker.acks import AckBatcher
+
+    async def scenario():
+        channel = FakeChannel()
+        # window 8, 2 slots: hold while >= 2 delivered messages are unsettled, flush at 4 waiting acks
+        batcher = AckBatcher(channel, on_lost=lambda tag: None, window=8, slots=2, max_delay=10)
+        for tag in range(1, 9):
+            batcher.delivered(tag)
+        batcher.ack(1)
+        batcher.ack(2)
+        await asyncio.sleep(0)
+        assert channel.frames == []  # 6 unsettled: the pool is busy, the acks wait
+        batcher.ack(3)
+        batcher.ack(4)
+        await asyncio.sleep(0)
+        assert channel.frames == [(4, True)]  # half the window waiting: flushed
+        for tag in (5, 6, 7):
+            batcher.ack(tag)
+        await asyncio.sleep(0)
+        assert channel.frames[-1] == (7, True)  # one unsettled left: nothing to hold for
+
+    asyncio.run(scenario())
+
+
+def test_ack_batcher_sends_held_acks_at_the_deadline_and_on_drain():
+    import asyncio
+
+    from amqtask.worker.acks import AckBatcher
+
+    async def scenario():
+        channel = FakeChannel()
+        batcher = AckBatcher(channel, on_lost=lambda tag: None, window=16, slots=2, max_delay=0.02)
+        for tag in range(1, 11):
+            batcher.delivered(tag)
+        batcher.ack(1)
+        await asyncio.sleep(0)
+        assert channel.frames == []
+        await asyncio.sleep(0.05)  # a long task must not keep an ack back for longer
+        assert channel.frames == [(1, True)]
+        batcher.ack(2)
+        await asyncio.sleep(0)
+        assert channel.frames == [(1, True)]
+        await batcher.drain()  # shutting down: everything due goes out now
+        assert channel.frames == [(1, True), (2, True)]
+
+    asyncio.run(scenario())
+
+
+def test_ack_batcher_reports_acks_it_could_not_send():
+    import asyncio
+
+    from amqtask.worker.acks import AckBatcher
+
+    class ClosedChannel(FakeChannel):
+        def basic_ack(self, delivery_tag, multiple):
+            raise RuntimeError("channel closed")
+
+    async def scenario():
+        lost = []
+        batcher = AckBatcher(ClosedChannel(), on_lost=lost.append, window=8, slots=2)
+        for tag in (1, 2, 3):
+            batcher.delivered(tag)
+            batcher.ack(tag)
+        await batcher.drain()
+        assert lost == [3]  # one multiple ack up to 3 was refused: all three will be redelivered
+
+    asyncio.run(scenario())

@@ -4,8 +4,14 @@ deliveries instead of one frame per message.
 Only a contiguous run from the oldest unsettled delivery is acked with `multiple`
 (it must not cover a message still running). Tags settled out of order are acked
 one by one in the same flush, so a long task never holds back the acks of the
-short ones after it. A flush happens once per event-loop turn, right after the
-outcomes that asked for it: the ack still follows the outcome, never precedes it.
+short ones after it. An ack always follows its outcome, never precedes it.
+
+Every ack frame is a write to the broker's socket, and on a busy worker those
+writes cost more than anything else the event loop does. So acks are held back
+while at least `slots` delivered messages are still unsettled (work the pool has
+in hand, so holding cannot starve it), and flushed as soon as fewer are, when
+half the prefetch `window` is waiting to be acked (so the broker keeps sending),
+or after `max_delay` at the latest.
 """
 from __future__ import annotations
 
@@ -18,13 +24,19 @@ log = logging.getLogger("amqtask.worker")
 
 
 class AckBatcher:
-    def __init__(self, channel: Any, on_lost: Callable[[int], None]) -> None:
+    def __init__(self, channel: Any, on_lost: Callable[[int], None], *, window: int = 0, slots: int = 1,
+                 max_delay: float = 0.05) -> None:
         self.channel = channel  # the aiormq channel the deliveries came on
         self._on_lost = on_lost
+        self._max_batch = window // 2  # flush at this many waiting acks (0: never hold)
+        self._slots = slots
+        self._max_delay = max_delay
         self._pending: deque[int] = deque()  # delivered, in tag order
         self._to_ack: set[int] = set()  # settled, ack not yet sent
         self._settled: set[int] = set()  # settled some other way (nack, or acked alone)
         self._scheduled = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Future] = set()
 
     def delivered(self, tag: int) -> None:
         self._pending.append(tag)
@@ -33,14 +45,30 @@ class AckBatcher:
         self._to_ack.add(tag)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._maybe_flush)
 
     def settled_elsewhere(self, tag: int) -> None:
         """A nack or reject was sent for `tag`: it no longer blocks the run."""
         self._settled.add(tag)
 
-    def _flush(self) -> None:
+    def _maybe_flush(self) -> None:
         self._scheduled = False
+        if not self._to_ack:
+            return
+        if self._max_batch and len(self._to_ack) < self._max_batch and self._unsettled() >= self._slots:
+            if self._deadline is None:
+                self._deadline = asyncio.get_running_loop().call_later(self._max_delay, self.flush)
+            return
+        self.flush()
+
+    def _unsettled(self) -> int:
+        return len(self._pending) - len(self._to_ack) - len(self._settled)
+
+    def flush(self) -> None:
+        """Send every ack that is due now."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         last_in_run = None
         while self._pending and (self._pending[0] in self._to_ack or self._pending[0] in self._settled):
             tag = self._pending.popleft()
@@ -57,6 +85,12 @@ class AckBatcher:
         for tag, multiple in frames:
             self._send(tag, multiple)
 
+    async def drain(self) -> None:
+        """Flush, and wait until the acks sent so far are written (before a close)."""
+        self.flush()
+        if self._sending:
+            await asyncio.wait(set(self._sending))
+
     def _send(self, tag: int, multiple: bool) -> None:
         try:
             future = self.channel.basic_ack(delivery_tag=tag, multiple=multiple)
@@ -66,8 +100,10 @@ class AckBatcher:
             return
         if asyncio.isfuture(future) or asyncio.iscoroutine(future):
             task = asyncio.ensure_future(future)
+            self._sending.add(task)
             task.add_done_callback(lambda t, tag=tag: self._check(t, tag))
 
     def _check(self, task: asyncio.Future, tag: int) -> None:
+        self._sending.discard(task)
         if task.cancelled() or task.exception() is not None:
             self._on_lost(tag)

@@ -209,6 +209,11 @@ class Worker:
 
     async def _close(self) -> None:
         self.consuming = False
+        for batcher in list(self._acks.values()):  # acks held back for batching go out first
+            try:
+                await asyncio.wait_for(batcher.drain(), 5)
+            except (asyncio.TimeoutError, aiormq.exceptions.AMQPError, RuntimeError, OSError):
+                pass  # the channel is gone: the broker redelivers what was not acked
         if self._connection is not None:
             try:
                 await asyncio.wait_for(self._connection.close(), 10)
@@ -489,25 +494,23 @@ class Worker:
             batcher.ack(message.delivery_tag)
             return True
         try:
-            if requeue is None:
-                await message.ack()
-            else:
-                await message.nack(requeue=requeue)
-                batcher.settled_elsewhere(message.delivery_tag)
-                if requeue:
-                    self.stats.requeued += 1
+            await message.nack(requeue=requeue)
+            batcher.settled_elsewhere(message.delivery_tag)
+            if requeue:
+                self.stats.requeued += 1
             return True
         except (aiormq.exceptions.AMQPError, aio_pika.exceptions.MessageProcessError, RuntimeError, OSError) as exc:
             self.stats.acks_lost += 1
             log.warning("could not %s message %s (%s); the broker will redeliver it",
-                        "ack" if requeue is None else "nack", message.correlation_id, type(exc).__name__)
+                        "nack", message.correlation_id, type(exc).__name__)
             return False
 
     def _batcher(self, message: AbstractIncomingMessage) -> AckBatcher:
         channel = message.channel
         batcher = self._acks.get(id(channel))
         if batcher is None or batcher.channel is not channel:
-            batcher = self._acks[id(channel)] = AckBatcher(channel, self._ack_lost)
+            batcher = self._acks[id(channel)] = AckBatcher(
+                channel, self._ack_lost, window=self.config.prefetch, slots=self.config.concurrency)
             # drop batchers of channels that are gone (after a reconnect)
             for key in [k for k, b in self._acks.items() if b.channel.is_closed and k != id(channel)]:
                 del self._acks[key]
