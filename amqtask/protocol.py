@@ -98,8 +98,8 @@ def encode_task(message: TaskMessage, codec: Codec, *, serializer: str = "json",
         "timelimit": [message.time_limit, message.soft_time_limit],
         "root_id": message.root_id or message.id,
         "parent_id": message.parent_id,
-        "argsrepr": _repr.repr(tuple(message.args)),
-        "kwargsrepr": _repr.repr(dict(message.kwargs)),
+        "argsrepr": _short_repr(tuple(message.args)),
+        "kwargsrepr": _short_repr(dict(message.kwargs)),
         "origin": message.origin or _ORIGIN,
         "ignore_result": message.ignore_result,
     }
@@ -174,6 +174,27 @@ _KNOWN_HEADERS = frozenset({
     "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit", "root_id",
     "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "compression",
 })
+
+
+def _short_repr(value: tuple | dict) -> str:
+    """reprlib's bounded repr, which Celery also sends. reprlib is slow on the publish
+    path, so the common cases take plain repr, which gives the same text for them: no
+    kwargs, and args that are all short scalars (reprlib sorts dict keys, so dicts with
+    items always go through it)."""
+    if not value:
+        return repr(value)
+    if isinstance(value, tuple) and len(value) <= _repr.maxtuple and all(_is_short_scalar(v) for v in value):
+        return repr(value)
+    return _repr.repr(value)
+
+
+def _is_short_scalar(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return len(value) <= _repr.maxstring and len(repr(value)) <= _repr.maxstring
+    if kind is int:
+        return -10**30 < value < 10**30  # reprlib shortens longer ints
+    return kind is float or kind is bool or value is None
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -55,6 +55,7 @@ class Publisher:
         self.codec = Codec(settings.broker.accept_content)
         self._transport = transport
         self._async_transport: AsyncTransport | None = None
+        self._options: dict[tuple[str, TaskOptions], TaskOptions] = {}
 
     @property
     def transport(self) -> BlockingTransport:
@@ -67,7 +68,10 @@ class Publisher:
                 ) -> tuple[Destination, WireMessage, str]:
         """Resolve destination and options (call > task decorator > routing.yaml >
         defaults) and encode the message. Pure: nothing is sent."""
-        options = task_options.merged_over(self.router.options_for(task_name))
+        options = self._options.get((task_name, task_options))
+        if options is None:
+            options = self._options[(task_name, task_options)] = task_options.merged_over(
+                self.router.options_for(task_name))
         destination = self._destination(task_name, call)
         now = utcnow()
         eta = call.eta

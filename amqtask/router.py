@@ -63,6 +63,7 @@ class Router:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._cache: dict[str, tuple[RouteRule | None, Destination]] = {}
+        self._options: dict[str, TaskOptions] = {}  # settings never change, so neither do these
 
     def rule_for(self, task_name: str) -> RouteRule | None:
         for rule in self._settings.routes:
@@ -81,9 +82,13 @@ class Router:
 
     def options_for(self, task_name: str) -> TaskOptions:
         """routing.yaml's options for a task: its `tasks:` entry over its route's `options`."""
-        rule = self.rule_for(task_name)
-        route_options = rule.options if rule else TaskOptions()
-        return self._settings.tasks.get(task_name, TaskOptions()).merged_over(route_options)
+        options = self._options.get(task_name)
+        if options is None:
+            rule = self.rule_for(task_name)
+            route_options = rule.options if rule else TaskOptions()
+            options = self._options[task_name] = self._settings.tasks.get(task_name, TaskOptions()).merged_over(
+                route_options)
+        return options
 
     def destination_for_queue(self, queue: str) -> Destination:
         """`apply_async(queue=...)`: through the default exchange by the queue's name."""

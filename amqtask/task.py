@@ -79,8 +79,13 @@ class Task:
         return self.app.result_handle(sent)
 
 
+NO_CALL_OPTIONS = CallOptions()
+
+
 def call_options(options: Mapping[str, Any]) -> CallOptions:
     """Validate apply_async's keyword options into CallOptions."""
+    if not options:
+        return NO_CALL_OPTIONS
     known = CallOptions.__dataclass_fields__
     unknown = sorted(set(options) - set(known))
     if unknown:

@@ -5,6 +5,9 @@ import pickle
 
 import pytest
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from amqtask.errors import ContentDisallowed, ProtocolError, SerializationError
 from amqtask.protocol import TaskMessage, WireMessage, decode_task, encode_task
 from amqtask.serializers import Codec
@@ -102,3 +105,26 @@ def test_fractional_time_limits_survive_pika_encoding():
     back = decode_task(W(body=wire.body, headers=props.headers, content_type=wire.content_type,
                          content_encoding=wire.content_encoding), Codec())
     assert (back.time_limit, back.soft_time_limit) == (30.0, 0.5)
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                     st.text(max_size=300), st.sampled_from(["\n" * 200, "é" * 255, "'\"" * 100]))
+
+
+@given(args=st.lists(_scalars | st.lists(st.integers(), max_size=40), max_size=40).map(tuple),
+       kwargs=st.dictionaries(st.text(max_size=10), _scalars, max_size=40))
+def test_argsrepr_is_exactly_what_reprlib_gives(args, kwargs):
+    """argsrepr/kwargsrepr take a fast path for common arguments; it must not change a byte."""
+    from amqtask.protocol import _repr, _short_repr
+
+    assert _short_repr(args) == _repr.repr(args)
+    assert _short_repr(kwargs) == _repr.repr(kwargs)
+
+
+@given(headers=st.dictionaries(st.text(max_size=8), st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20), st.binary(max_size=8), st.lists(st.one_of(st.none(), st.floats(allow_nan=False), st.integers())),
+    st.dictionaries(st.text(max_size=4), st.floats(allow_nan=False), max_size=3)), max_size=20))
+def test_pika_headers_fast_path_agrees_with_the_full_conversion(headers):
+    from amqtask.amqp.blocking import pika_header_value, pika_headers
+
+    assert pika_headers(headers) == pika_header_value(headers)

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import pika
 import pika.exceptions as px
@@ -59,11 +59,19 @@ def pika_header_value(value: Any) -> Any:
     return value
 
 
+_PIKA_NATIVE = frozenset({str, int, bool, bytes, type(None)})
+
+
+def pika_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A header table pika can encode (see pika_header_value); most values pass as they are."""
+    return {k: v if type(v) in _PIKA_NATIVE else pika_header_value(v) for k, v in headers.items()}
+
+
 def wire_properties(wire: WireMessage) -> pika.BasicProperties:
     return pika.BasicProperties(
         content_type=wire.content_type,
         content_encoding=wire.content_encoding,
-        headers=pika_header_value(dict(wire.headers)),
+        headers=pika_headers(wire.headers),
         delivery_mode=wire.delivery_mode,
         priority=wire.priority,
         correlation_id=wire.correlation_id,
