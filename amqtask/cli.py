@@ -241,6 +241,9 @@ def purge(queue_names: str, force: bool, config_path: str | None) -> None:
 @click.option("-X", "--exclude-queues", default=None, metavar="Q1,Q2", help="Queues not to consume.")
 @click.option("-c", "--concurrency", type=click.IntRange(1), default=None,
               help="Pool slots. [default: worker.concurrency, else the number of CPUs]")
+@click.option("--processes", type=click.IntRange(1), default=None, metavar="N",
+              help="Run N complete workers (each its own connection, prefetch window and pool): one process "
+                   "handles messages on one core at most. Default: worker.processes, else 1.")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "asyncio", "solo"]), default=None,
               help="Execution pool. [default: worker.pool, else prefork]")
 @click.option("--prefetch-multiplier", type=click.IntRange(0), default=None,
@@ -262,7 +265,7 @@ def purge(queue_names: str, force: bool, config_path: str | None) -> None:
 @config_option
 @handle_errors
 def worker(app_spec: str, queues: str | None, exclude_queues: str | None, concurrency: int | None,
-           pool: str | None, prefetch_multiplier: int | None, optimization: str | None, hostname: str | None,
+           processes: int | None, pool: str | None, prefetch_multiplier: int | None, optimization: str | None, hostname: str | None,
            loglevel: str | None, max_tasks_per_child: int | None, max_memory_per_child: int | None,
            time_limit: float | None, soft_time_limit: float | None, purge: bool, config_path: str | None) -> None:
     """Consume tasks and run them.
@@ -271,6 +274,8 @@ def worker(app_spec: str, queues: str | None, exclude_queues: str | None, concur
     concurrency x prefetch-multiplier are unacknowledged per queue, and delayed
     tasks wait in the broker, not here. SIGTERM or Ctrl-C once: finish running
     tasks and exit; twice: stop now (unacknowledged messages return to their queues).
+    With --processes N, each of N processes is such a worker; signals sent to
+    this command reach them all, and a process that dies is replaced.
     """
     import asyncio
     import logging
@@ -310,7 +315,14 @@ def worker(app_spec: str, queues: str | None, exclude_queues: str | None, concur
     )
     if config.pool == "solo":
         config = WorkerConfig(**{**config.__dict__, "concurrency": 1})
-    click.echo(_banner(app, config))
+    count = processes or w.processes
+    click.echo(_banner(app, config, count))
+    if count > 1:
+        from .worker.processes import SHUTDOWN_SIGNAL, supervise
+
+        sys.stdout.flush()
+        code = supervise(count, lambda: asyncio.run(Worker(app, config).run(signals=(SHUTDOWN_SIGNAL,))))
+        sys.exit(code)
     code = asyncio.run(Worker(app, config).run())
     if code != 0:
         # Cold shutdown: task threads cannot be stopped, and the interpreter would wait
@@ -353,14 +365,16 @@ def _names(text: str | None) -> list[str]:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
-def _banner(app: Any, config: Any) -> str:
+def _banner(app: Any, config: Any, processes: int = 1) -> str:
     settings = app.settings
     topology = settings.topology
+    each = " in each process" if processes > 1 else ""
     lines = [
         f"amqtask {__version__} worker {config.hostname}",
         f"  broker:      {', '.join(u.redacted() for u in settings.broker.urls)}",
-        f"  pool:        {config.pool}, concurrency {config.concurrency}",
-        f"  prefetch:    {config.prefetch or 'unlimited'} per queue (concurrency x {config.prefetch_multiplier}), "
+        *([f"  processes:   {processes}, each with its own connection"] if processes > 1 else []),
+        f"  pool:        {config.pool}, concurrency {config.concurrency}{each}",
+        f"  prefetch:    {config.prefetch or 'unlimited'} per queue{each} (concurrency x {config.prefetch_multiplier}), "
         f"late acks, {config.optimization} dispatch",
         "  queues:",
     ]

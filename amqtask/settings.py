@@ -113,6 +113,7 @@ class ResultSettings:
 @dataclass(frozen=True)
 class WorkerSettings:
     concurrency: int | None = None  # None: the number of CPUs
+    processes: int = 1  # complete workers under one command, each with its own connection
     pool: str = "prefork"
     prefetch_multiplier: int = 4
     optimization: str = "fair"

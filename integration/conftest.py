@@ -196,7 +196,7 @@ class WorkerHarness:
         """Create the test topology before any worker runs (to queue work up front)."""
         assert self.app.publisher.transport.declare(self.app.settings.topology) == []
 
-    def start(self, *flags: str, name: str | None = None, wait: bool = True):
+    def start(self, *flags: str, name: str | None = None, wait: bool = True, new_session: bool = False):
         import subprocess
         import sys as _sys
 
@@ -205,7 +205,8 @@ class WorkerHarness:
                    "-Q", self.queue + ("," + f"{self.prefix}.other" if "--both" in flags else ""),
                    "-n", name, *[f for f in flags if f != "--both"]]
         log = open(self.record_file.parent / f"{name}.log", "w")
-        process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=new_session)
         process.name = name  # type: ignore[attr-defined]
         process.log_path = log.name  # type: ignore[attr-defined]
         self.processes.append(process)

@@ -155,6 +155,14 @@ def test_worker_and_tasks_sections(example_config):
     assert (add.rate_limit, add.time_limit, add.soft_time_limit, add.max_retries) == ("500/m", 30, 25, 3)
 
 
+def test_worker_processes_defaults_to_one_and_must_be_positive():
+    assert check_text("{}", environ={}).settings.worker.processes == 1
+    assert check_text("worker: {processes: 3}\n", environ={}).settings.worker.processes == 3
+    result = check_text("worker:\n  processes: 0\n", environ={})
+    assert result.settings is None
+    assert result.errors[0].message == "'processes' must be greater than 0, not 0" and result.errors[0].position.line == 2
+
+
 def test_durations():
     assert parse_duration_ms(1500) == 1500
     assert parse_duration_ms("30s") == 30_000

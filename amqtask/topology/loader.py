@@ -53,7 +53,7 @@ QUEUE_KEYS = (
 BINDING_KEYS = ("exchange", "routing_key", "arguments")
 ROUTE_KEYS = ("task", "exchange", "routing_key", "queue", "priority", "headers", "options")
 WORKER_KEYS = (
-    "concurrency", "pool", "prefetch_multiplier", "optimization", "queues", "exclude_queues",
+    "concurrency", "processes", "pool", "prefetch_multiplier", "optimization", "queues", "exclude_queues",
     "max_tasks_per_child", "max_memory_per_child", "time_limit", "soft_time_limit", "loglevel", "name",
 )
 POOLS = ("prefork", "threads", "asyncio", "solo")
@@ -605,6 +605,7 @@ class _Checker:
             raw = {**raw, "loglevel": loglevel.upper()}
         return WorkerSettings(
             concurrency=self.positive(raw, path, "concurrency", int, None),
+            processes=self.positive(raw, path, "processes", int, None) or base.processes,
             pool=self.typed(raw, path, "pool", str, base.pool, choices=POOLS),
             prefetch_multiplier=self.typed(raw, path, "prefetch_multiplier", int, base.prefetch_multiplier),
             optimization=self.typed(raw, path, "optimization", str, base.optimization, choices=("fair", "fast")),

@@ -123,11 +123,16 @@ class Worker:
             log.info("warm shutdown: finishing running tasks (signal again to stop at once)")
             self._warm.set()
 
-    async def run(self, *, install_signals: bool = True) -> int:
+    async def run(self, *, install_signals: bool = True,
+                  signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
+        """Consume until shut down; returns the exit status (0 warm, 1 cold). Each of
+        `signals` asks for a shutdown (first warm, then cold); they are unblocked here,
+        once the handler is in place, in case the caller held them back."""
         loop = asyncio.get_running_loop()
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 loop.add_signal_handler(sig, self.request_shutdown)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signals))
         await self.pool.start()
         try:
             await self._connect()
