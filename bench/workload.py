@@ -211,7 +211,7 @@ def publish_dramatiq(n: int) -> dict:
 # -- drain ---------------------------------------------------------------------------------
 
 
-def fill_amqtask(env: Env, n: int) -> None:
+def fill_amqtask(env: Env, n: int, task: str = "bench.noop") -> None:
     """Queue mark(start), n-2 no-ops, mark(end) in amqtask's wire format, fast."""
     import pika
 
@@ -224,7 +224,7 @@ def fill_amqtask(env: Env, n: int) -> None:
     ch = env.channel()
     ch.confirm_delivery()
     messages = [TaskMessage(task="bench.mark", args=("start",))]
-    messages += [TaskMessage(task="bench.noop", args=(i,)) for i in range(n - 2)]
+    messages += [TaskMessage(task=task, args=(i,)) for i in range(n - 2)]
     messages += [TaskMessage(task="bench.mark", args=("end",))]
     for m in messages:
         wire = encode_task(m, codec)
@@ -279,6 +279,16 @@ for _pool, _flags in (("prefork -c 2", ["-P", "prefork", "-c", "2"]), ("threads 
                       ("asyncio -c 8", ["-P", "asyncio", "-c", "8"]), ("solo", ["-P", "solo"])):
     workload(f"drain/amqtask {_pool}")(
         lambda n, f=_flags: drain("amq", n, AMQTASK_WORKER + f, fill_amqtask))
+# The asyncio pool exists for coroutines; with `async def` tasks it needs no thread per task.
+workload("drain/amqtask asyncio -c 8, async def task")(
+    lambda n: drain("amq", n, AMQTASK_WORKER + ["-P", "asyncio", "-c", "8"],
+                    lambda env, n: fill_amqtask(env, n, task="bench.anoop")))
+# Two consumer processes, as Dramatiq's -p 2: one Python process handles messages on one core.
+workload("drain/amqtask --processes 2 -P threads -c 4")(
+    lambda n: drain("amq", n, AMQTASK_WORKER + ["--processes", "2", "-P", "threads", "-c", "4"], fill_amqtask))
+workload("drain/amqtask --processes 2 -P asyncio -c 8, async def task")(
+    lambda n: drain("amq", n, AMQTASK_WORKER + ["--processes", "2", "-P", "asyncio", "-c", "8"],
+                    lambda env, n: fill_amqtask(env, n, task="bench.anoop")))
 workload("drain/celery prefork -c 2 (default)")(
     lambda n: drain("cel", n, CELERY_WORKER + ["-P", "prefork", "-c", "2"], fill_celery))
 workload("drain/celery reliable: acks_late, prefetch 1, -Ofair, prefork -c 2")(

@@ -12,6 +12,11 @@ def noop(i=0):
     return None
 
 
+@app.task(name="bench.anoop")
+async def anoop(i=0):
+    return None
+
+
 @app.task(name="bench.add")
 def add(x, y):
     return x + y
