@@ -47,8 +47,12 @@ class AsyncTransport:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._lock = asyncio.Lock()
+        self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}  # of the current channel
 
     async def connect(self) -> AbstractRobustChannel:
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel  # the common case, without queueing on the lock behind other publishes
         async with self._lock:
             if self._channel is not None and not self._channel.is_closed:
                 return self._channel
@@ -71,7 +75,16 @@ class AsyncTransport:
             self._channel = await self._connection.channel(
                 publisher_confirms=self.broker.confirm_publish, on_return_raises=self.broker.confirm_publish
             )
+            self._exchanges = {}
             return self._channel
+
+    async def _exchange(self, channel: AbstractRobustChannel, name: str) -> aio_pika.abc.AbstractExchange:
+        if not name:
+            return channel.default_exchange
+        exchange = self._exchanges.get(name)
+        if exchange is None:  # no I/O: the exchange object of this (robust) channel
+            exchange = self._exchanges[name] = await channel.get_exchange(name, ensure=False)
+        return exchange
 
     async def publish(self, exchange: str, routing_key: str, wire: WireMessage, *, mandatory: bool = True) -> None:
         deadline = time.monotonic() + self.broker.publish_timeout
@@ -80,9 +93,7 @@ class AsyncTransport:
             attempt += 1
             channel = await self.connect()
             try:
-                target = (
-                    channel.default_exchange if not exchange else await channel.get_exchange(exchange, ensure=False)
-                )
+                target = await self._exchange(channel, exchange)
                 confirmation = await asyncio.wait_for(
                     target.publish(aio_message(wire), routing_key, mandatory=mandatory),
                     timeout=max(0.1, deadline - time.monotonic()),
