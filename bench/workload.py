@@ -82,10 +82,19 @@ class Env:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         ch = self.channel()
-        for name in (self.queue, f"{self.queue}.dead", f"{self.queue}.DQ", f"{self.queue}.XQ"):
+        for name in (self.queue, f"{self.queue}.dead", f"{self.queue}.DQ", f"{self.queue}.XQ", *self.reply_queues()):
             ch.queue_delete(name)
+        if "bench.apps.amqtask_app" in sys.modules:
+            sys.modules["bench.apps.amqtask_app"].app.close()  # deletes its reply queue
         ch.exchange_delete(self.queue)
         ch.connection.close()
+
+
+    @staticmethod
+    def reply_queues() -> list[str]:
+        """Celery's rpc reply queue, which outlives its client when nothing consumed it."""
+        celery_app = sys.modules.get("bench.apps.celery_app")
+        return [celery_app.app.backend.oid] if celery_app is not None else []
 
 
 def rss_kib(pid: int) -> int:
