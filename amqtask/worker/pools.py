@@ -121,7 +121,7 @@ class _Threads:
                          for i in range(count)]
         self._started = False
 
-    def submit(self, fn: Callable[[], Any], *args: Any) -> asyncio.Future:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         if not self._started:
             self._loop = asyncio.get_running_loop()
             for thread in self._threads:
