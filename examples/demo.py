@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,21 +22,28 @@ from examples.tasks import add, app, email, fail, invoice, pdf, render, vacuum  
 QUEUES = "default,web_tasks,audit,pdf_reports,invoices,maintenance"
 CALLS = [(add, (2, 3)), (render, ("home",)), (email, ("ops@example.com",)), (invoice, (42,)), (pdf, ("q3",)),
          (vacuum, ()), (fail, ())]
+# The worker's log (the failing task logs an error) goes here, not between the table's rows.
+WORKER_LOG = Path(tempfile.gettempdir()) / "amqtask-demo-worker.log"
 
 
 def start_worker() -> subprocess.Popen:
     command = [sys.executable, "-m", "amqtask.cli", "worker", "-A", "examples.tasks", "-Q", QUEUES,
                "-P", "threads", "-c", "4", "-n", f"demo-{os.getpid()}", "-l", "WARNING"]
-    worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    with open(WORKER_LOG, "w") as log:
+        worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         replies = ping_workers(app.settings.broker, timeout=0.5, destination=f"demo-{os.getpid()}")
         if any(r.get("consuming") for r in replies):
             return worker
         if worker.poll() is not None:
-            raise AmqtaskError(f"the worker exited with status {worker.returncode}")
+            raise AmqtaskError(f"the worker exited with status {worker.returncode}:\n{_log_tail()}")
     worker.kill()
-    raise AmqtaskError("the worker did not start consuming within 30s")
+    raise AmqtaskError(f"the worker did not start consuming within 30s:\n{_log_tail()}")
+
+
+def _log_tail() -> str:
+    return "\n".join(WORKER_LOG.read_text(errors="replace").splitlines()[-20:])
 
 
 def main() -> int:
@@ -76,7 +84,7 @@ def main() -> int:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)
         app.close()
-    print(f"worker stopped warmly (exit status {code})")
+    print(f"worker stopped warmly (exit status {code}); its log: {WORKER_LOG}")
     return 0 if ok and code == 0 else 1
 
 
