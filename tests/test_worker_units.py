@@ -251,3 +251,50 @@ def test_ack_batcher_reports_acks_it_could_not_send():
         assert lost == [3]  # one multiple ack up to 3 was refused: all three will be redelivered
 
     asyncio.run(scenario())
+
+
+def test_thread_pool_cold_stop_cancels_queued_jobs_and_may_be_repeated():
+    import asyncio
+    import threading
+
+    from amqtask.worker.pools import _Threads
+
+    async def scenario():
+        threads = _Threads(1)
+        started, release = threading.Event(), threading.Event()
+
+        def hold() -> bool:
+            started.set()
+            return release.wait(5)
+
+        running = threads.submit(hold)
+        queued = threads.submit(lambda: "never")
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        await threads.stop(cold=True)
+        assert queued.cancelled() and not running.done()
+        await threads.stop(cold=True)  # a second stop finds only sentinels: no error
+        release.set()
+        assert await running is True  # the running job still reports back
+
+    asyncio.run(scenario())
+
+
+def test_thread_pool_batches_results_and_hands_back_exceptions():
+    import asyncio
+
+    from amqtask.worker.pools import _Threads
+
+    async def scenario():
+        threads = _Threads(2)
+        futures = [threads.submit(lambda i=i: i * 2) for i in range(50)]
+        failing = threads.submit(lambda: 1 / 0)
+        assert await asyncio.gather(*futures) == [i * 2 for i in range(50)]
+        try:
+            await failing
+        except ZeroDivisionError:
+            pass
+        else:
+            raise AssertionError("the job's exception was not handed back")
+        await threads.stop()
+
+    asyncio.run(scenario())

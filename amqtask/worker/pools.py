@@ -166,12 +166,13 @@ class _Threads:
         """Warm: let queued and running jobs finish, then end the threads. Cold: end
         them as soon as they are idle; the process exits without waiting for them."""
         if cold:
-            while not self._jobs.empty():
+            while True:
                 try:
-                    future, _, _ = self._jobs.get_nowait()
-                    future.cancel()
+                    item = self._jobs.get_nowait()
                 except queue.Empty:
                     break
+                if item is not None:  # a job nobody started: its message goes back to the queue
+                    item[0].cancel()
         for _ in self._threads:
             self._jobs.put(None)
         if not cold and self._started:
