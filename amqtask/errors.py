@@ -18,6 +18,10 @@ class RoutingError(AmqtaskError):
     """A task cannot be routed: no rule, an unknown exchange or queue, no queue reached."""
 
 
+class ScheduleError(AmqtaskError, ValueError):
+    """A periodic schedule is invalid: a bad crontab field, duration, time or option."""
+
+
 class SerializationError(AmqtaskError):
     """A payload cannot be encoded or decoded, or its content type is not accepted."""
 
@@ -66,3 +70,20 @@ class DeclareConflict(BrokerError):
         self.name = name
         self.detail = detail
         super().__init__(f"{kind} {name!r} already exists with different arguments: {detail}")
+
+
+class Ignore(AmqtaskError):
+    """Raised by a task: acknowledge its message and record nothing (no result, no
+    retry, no failure), as Celery's Ignore."""
+
+
+class NotRegistered(AmqtaskError, KeyError):
+    """No task of this name is registered in the App (a KeyError, as Celery's)."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of the name
+        return f"task {self.args[0]!r} is not registered" if self.args else "task not registered"
+
+
+class BlockingGetError(AmqtaskError, RuntimeError):
+    """`result.get()` inside a running task: refused, as Celery refuses it (a
+    RuntimeError), because the worker slot would wait on work that may need it."""

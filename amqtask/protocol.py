@@ -26,6 +26,11 @@ _repr.maxstring = 256
 _repr.maxother = 256
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = 32
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+# Bounds on what a message may ask of a worker. A value outside them is a malformed
+# message (dead-lettered with the reason), never something a worker tries to honour.
+MAX_RETRIES_HEADER = 1_000_000
+MAX_TIME_LIMIT = 366 * 86400.0
+MAX_ETA_AHEAD = dt.timedelta(days=366)
 
 
 def load_schema(name: str = "task-message") -> dict[str, Any]:
@@ -123,7 +128,7 @@ def encode_task(message: TaskMessage, codec: Codec, *, serializer: str = "json",
 def decode_task(wire: WireMessage, codec: Codec) -> TaskMessage:
     """Parse a v2 task message; ProtocolError or SerializationError says what is wrong."""
     headers = wire.headers
-    if not isinstance(headers, Mapping):
+    if type(headers) is not dict and not isinstance(headers, Mapping):  # the exact type first: ABC checks are slow
         raise ProtocolError("message has no headers table; a v2 task message carries its metadata in headers")
     task = headers.get("task")
     if not isinstance(task, str) or not task:
@@ -131,6 +136,8 @@ def decode_task(wire: WireMessage, codec: Codec) -> TaskMessage:
     task_id = headers.get("id") or wire.correlation_id
     if not isinstance(task_id, str) or not task_id:
         raise ProtocolError("missing or invalid 'id' header")
+    if len(task_id.encode()) > 255:  # it travels back as a correlation_id, an AMQP short string
+        raise ProtocolError("header 'id' is longer than 255 bytes")
     body = codec.decode(wire.body, wire.content_type, wire.content_encoding, _opt_str(headers, "compression"))
     if not isinstance(body, (list, tuple)) or len(body) not in (2, 3):
         raise ProtocolError("body must be [args, kwargs, embed]")
@@ -138,13 +145,24 @@ def decode_task(wire: WireMessage, codec: Codec) -> TaskMessage:
     embed = body[2] if len(body) == 3 else {}
     if not isinstance(args, (list, tuple)):
         raise ProtocolError("body[0] (args) must be a list")
-    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+    if (type(kwargs) is not dict and not isinstance(kwargs, Mapping)) or not all(isinstance(k, str) for k in kwargs):
         raise ProtocolError("body[1] (kwargs) must be an object with string keys")
     if embed is None:
         embed = {}
-    if not isinstance(embed, Mapping):
+    if type(embed) is not dict and not isinstance(embed, Mapping):
         raise ProtocolError("body[2] (embed) must be an object")
+    for key in ("callbacks", "errbacks", "chain"):
+        if embed.get(key) is not None and not isinstance(embed[key], (list, tuple)):
+            raise ProtocolError(f"body[2] (embed) '{key}' must be a list of signatures or null")
+    if embed.get("chord") is not None and not isinstance(embed["chord"], Mapping):
+        raise ProtocolError("body[2] (embed) 'chord' must be a signature object or null")
     hard, soft = _timelimit(headers.get("timelimit"))
+    retries = _opt_int(headers, "retries") or 0
+    if not 0 <= retries <= MAX_RETRIES_HEADER:
+        raise ProtocolError(f"header 'retries' must be between 0 and {MAX_RETRIES_HEADER}, not {retries}")
+    eta = _parse_time(headers, "eta")
+    if eta is not None and eta - utcnow() > MAX_ETA_AHEAD:
+        raise ProtocolError(f"header 'eta' is more than {MAX_ETA_AHEAD.days} days ahead: {eta.isoformat()}")
     return TaskMessage(
         task=task,
         id=task_id,
@@ -155,8 +173,8 @@ def decode_task(wire: WireMessage, codec: Codec) -> TaskMessage:
         parent_id=_opt_str(headers, "parent_id"),
         group=_opt_str(headers, "group"),
         group_index=_opt_int(headers, "group_index"),
-        retries=_opt_int(headers, "retries") or 0,
-        eta=_parse_time(headers, "eta"),
+        retries=retries,
+        eta=eta,
         expires=_parse_time(headers, "expires"),
         time_limit=hard,
         soft_time_limit=soft,
@@ -246,7 +264,14 @@ def _timelimit(value: Any) -> tuple[float | None, float | None]:
     for item in value:
         if item is not None and (isinstance(item, bool) or not isinstance(item, (int, float, decimal.Decimal))):
             raise ProtocolError("header 'timelimit' must hold numbers or null")
-        out.append(None if item is None else float(item))
+        if item is None:
+            out.append(None)
+            continue
+        seconds = float(item)
+        if not 0 <= seconds <= MAX_TIME_LIMIT:  # also refuses NaN and infinities
+            raise ProtocolError(f"header 'timelimit' values must be seconds between 0 and {MAX_TIME_LIMIT:g}, "
+                                f"not {item!r}")
+        out.append(seconds or None)  # 0 means no limit, as Celery reads it
     return out[0], out[1]
 
 

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .amqp.aio import AsyncTransport
+from . import signals
+from .amqp.port import AsyncPublisher
 from .amqp.blocking import BlockingTransport
 from .errors import RoutingError
 from .protocol import TaskMessage, WireMessage, encode_task, new_task_id, utcnow
-from .results import ResultConsumer
+from .results.base import ResultBackend
 from .router import Destination, Router
 from .serializers import Codec
 from .settings import Settings, TaskOptions
@@ -37,6 +39,7 @@ class CallOptions:
     retries: int = 0
     root_id: str | None = None
     parent_id: str | None = None
+    embed: Mapping[str, Any] | None = None  # canvas: callbacks, errbacks, chain, chord (Celery's body[2])
 
 
 @dataclass(frozen=True)
@@ -48,30 +51,22 @@ class Sent:
 
 class Publisher:
     def __init__(self, settings: Settings, router: Router, transport: BlockingTransport | None = None,
-                 results: ResultConsumer | None = None) -> None:
+                 results: ResultBackend | None = None, async_transport: AsyncPublisher | None = None) -> None:
         self.settings = settings
         self.router = router
         self.results = results
         self.codec = Codec(settings.broker.accept_content)
-        self._transport = transport
-        self._async_transport: AsyncTransport | None = None
-        self._options: dict[tuple[str, TaskOptions], TaskOptions] = {}
-
-    @property
-    def transport(self) -> BlockingTransport:
-        if self._transport is None:
-            self._transport = BlockingTransport(self.settings.broker)
-        return self._transport
+        # Built here, not on first use (it connects only when used): threads sending
+        # their first tasks at once share one connection.
+        self.transport = transport if transport is not None else BlockingTransport(settings.broker)
+        self._async_transport = async_transport
 
     def prepare(self, task_name: str, args: tuple | list = (), kwargs: Mapping[str, Any] | None = None, *,
                 call: CallOptions = CallOptions(), task_options: TaskOptions = TaskOptions()
                 ) -> tuple[Destination, WireMessage, str]:
         """Resolve destination and options (call > task decorator > routing.yaml >
         defaults) and encode the message. Pure: nothing is sent."""
-        options = self._options.get((task_name, task_options))
-        if options is None:
-            options = self._options[(task_name, task_options)] = task_options.merged_over(
-                self.router.options_for(task_name))
+        options = self.router.effective_options(task_name, task_options)
         destination = self._destination(task_name, call)
         now = utcnow()
         eta = call.eta
@@ -102,6 +97,7 @@ class Publisher:
             reply_to=reply_to,
             priority=priority,
             extra_headers=dict(call.headers),
+            **({"embed": call.embed} if call.embed else {}),
         )
         wire = encode_task(
             message,
@@ -130,24 +126,29 @@ class Publisher:
     def send(self, task_name: str, args: tuple | list = (), kwargs: Mapping[str, Any] | None = None, *,
              call: CallOptions = CallOptions(), task_options: TaskOptions = TaskOptions()) -> Sent:
         destination, wire, task_id = self.prepare(task_name, args, kwargs, call=call, task_options=task_options)
+        wire = signals.before_publish(task_name, args, kwargs, destination, wire,
+                                      retries=self.settings.broker.publish_retries)
         if wire.reply_to and self.results is not None:
             self.results.ensure_queue()
         self.transport.publish(destination.exchange, destination.routing_key, wire)
+        signals.after_publish(task_name, args, kwargs, destination, wire)
         return Sent(task_id, task_name, destination)
 
     async def send_async(self, task_name: str, args: tuple | list = (), kwargs: Mapping[str, Any] | None = None, *,
                          call: CallOptions = CallOptions(), task_options: TaskOptions = TaskOptions()) -> Sent:
         destination, wire, task_id = self.prepare(task_name, args, kwargs, call=call, task_options=task_options)
+        wire = signals.before_publish(task_name, args, kwargs, destination, wire,
+                                      retries=self.settings.broker.publish_retries)
         if wire.reply_to and self.results is not None:
             self.results.ensure_queue()  # blocks once, on the first send of this client
         if self._async_transport is None:
-            self._async_transport = AsyncTransport(self.settings.broker)
+            self._async_transport = AsyncPublisher(self.settings.broker, name=f"amqtask async publisher pid {os.getpid()}")
         await self._async_transport.publish(destination.exchange, destination.routing_key, wire)
+        signals.after_publish(task_name, args, kwargs, destination, wire)
         return Sent(task_id, task_name, destination)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self.transport.close()
         if self.results is not None:
             self.results.close()
 

@@ -64,6 +64,7 @@ class Router:
         self._settings = settings
         self._cache: dict[str, tuple[RouteRule | None, Destination]] = {}
         self._options: dict[str, TaskOptions] = {}  # settings never change, so neither do these
+        self._effective: dict[tuple[str, TaskOptions], TaskOptions] = {}
 
     def rule_for(self, task_name: str) -> RouteRule | None:
         for rule in self._settings.routes:
@@ -88,6 +89,16 @@ class Router:
             route_options = rule.options if rule else TaskOptions()
             options = self._options[task_name] = self._settings.tasks.get(task_name, TaskOptions()).merged_over(
                 route_options)
+        return options
+
+    def effective_options(self, task_name: str, decorator: TaskOptions = TaskOptions()) -> TaskOptions:
+        """A task's options as the publisher and the worker both apply them: the
+        decorator's over routing.yaml's (`options_for`). Call-time options and the
+        message's own headers come on top of these, where each is used."""
+        key = (task_name, decorator)
+        options = self._effective.get(key)
+        if options is None:
+            options = self._effective[key] = decorator.merged_over(self.options_for(task_name))
         return options
 
     def destination_for_queue(self, queue: str) -> Destination:

@@ -18,6 +18,8 @@ from amqtask.settings import BrokerSettings
 from .proxy import TcpProxy
 
 BROKER_URL = os.environ.get("AMQTASK_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# Results are off unless configured; the test topologies read results over the broker.
+RESULTS_YAML = "results: {backend: 'rpc://'}\n"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -99,7 +101,7 @@ def topology_yaml(prefix: str, url: str = "${AMQTASK_BROKER_URL:-amqp://guest:gu
 broker:
   url: {url}
   publish_timeout: 5
-defaults:
+{RESULTS_YAML}defaults:
   exchange: {prefix}.tasks
   queue: {prefix}.default
   routing_key: task.default
@@ -137,23 +139,26 @@ def track_topology(channel, prefix: str) -> None:
         channel.track("queue", f"{prefix}.{q}")
 
 
-def worker_yaml(prefix: str, url: str = "${AMQTASK_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672//}") -> str:
-    """A topology for worker tests: a direct exchange and two queues."""
+def worker_yaml(prefix: str, url: str = "${AMQTASK_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672//}",
+                queue_options: str = "") -> str:
+    """A topology for worker tests: a direct exchange and two queues; `queue_options`
+    (YAML lines, e.g. "queue_type: quorum") apply to both."""
+    options = "".join(f"    {line}\n" for line in queue_options.splitlines())
     return f"""\
 broker:
   url: {url}
   publish_timeout: 5
-defaults:
+{RESULTS_YAML}defaults:
   exchange: {prefix}.x
   routing_key: work
 exchanges:
   {prefix}.x: {{type: direct}}
 queues:
   {prefix}.work:
-    bindings:
+{options}    bindings:
       - {{exchange: {prefix}.x, routing_key: work}}
   {prefix}.other:
-    bindings:
+{options}    bindings:
       - {{exchange: {prefix}.x, routing_key: other}}
 routes:
   - task: t.unrated
@@ -164,13 +169,17 @@ routes:
 class WorkerHarness:
     """Runs `amqtask worker` processes on a per-test topology and records what ran."""
 
-    def __init__(self, prefix: str, tmp_path: Path, amqp, url: str | None = None) -> None:
+    def __init__(self, prefix: str, tmp_path: Path, amqp, url: str | None = None, results: str | None = None,
+                 queue_options: str = "") -> None:
         import json as _json
 
         self._json = _json
         self.prefix = prefix
         self.config = tmp_path / "routing.yaml"
-        self.config.write_text(worker_yaml(prefix, url) if url else worker_yaml(prefix))
+        text = worker_yaml(prefix, url, queue_options) if url else worker_yaml(prefix, queue_options=queue_options)
+        if results is not None:  # another results section, e.g. a Redis backend
+            text = text.replace(RESULTS_YAML, results)
+        self.config.write_text(text)
         self.record_file = tmp_path / "record.jsonl"
         self.record_file.touch()
         self.queue = f"{prefix}.work"
@@ -201,14 +210,27 @@ class WorkerHarness:
         import sys as _sys
 
         name = name or f"{self.prefix}-{len(self.processes)}"
+        if "@" not in name:  # as Celery, a name without '@' would become amqtask@NAME
+            name = f"{name}@localhost"
+        # One prefork process unless a test says otherwise: most tests are about one
+        # process's behaviour. "--defaults": amqtask's own (a process per CPU, threads).
+        defaults = [] if "--defaults" in flags else [*([] if "--processes" in flags else ["--processes", "1"]),
+                                                     *([] if "-P" in flags else ["-P", "prefork"])]
         command = [_sys.executable, "-m", "amqtask.cli", "worker", "-A", "integration.worker_app",
                    "-Q", self.queue + ("," + f"{self.prefix}.other" if "--both" in flags else ""),
-                   "-n", name, *[f for f in flags if f != "--both"]]
+                   "-n", name, *defaults, *[f for f in flags if f not in ("--both", "--defaults")]]
         log = open(self.record_file.parent / f"{name}.log", "w")
         process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=new_session)
         process.name = name  # type: ignore[attr-defined]
         process.log_path = log.name  # type: ignore[attr-defined]
+        # Under --processes N each process is "<short>-<i>@host" (as Celery's %I).
+        if "--defaults" in flags:
+            from amqtask.worker.sizing import cpus, size
+
+            process.count = size("threads", concurrency=None, processes="auto", cpu_count=cpus()).processes  # type: ignore[attr-defined]
+        else:
+            process.count = int(flags[flags.index("--processes") + 1]) if "--processes" in flags else 1  # type: ignore[attr-defined]
         self.processes.append(process)
         if wait:
             self.wait_consuming(process)
@@ -217,16 +239,25 @@ class WorkerHarness:
     def wait_consuming(self, process, timeout: float = 30.0) -> None:
         import time as _time
 
-        from amqtask.control import ping_workers
 
         deadline = _time.monotonic() + timeout
         while _time.monotonic() < deadline:
             if process.poll() is not None:
                 raise AssertionError(f"worker exited with {process.returncode}:\n{self.output(process)}")
-            replies = ping_workers(self.app.settings.broker, timeout=0.3, destination=process.name)
-            if any(r.get("consuming") for r in replies):
+            count = getattr(process, "count", 1)
+            if sum(1 for r in self.pings(process) if r.get("consuming")) >= count:
                 return
         raise AssertionError(f"worker did not start consuming:\n{self.output(process)}")
+
+    def pings(self, process, timeout: float = 0.3) -> list[dict]:
+        """The ping replies of a worker started here (of each of its --processes)."""
+        from amqtask.control import ping_workers
+
+        if getattr(process, "count", 1) == 1:
+            return ping_workers(self.app.settings.broker, timeout=timeout, destination=process.name)
+        short, _, host = process.name.partition("@")
+        return [r for r in ping_workers(self.app.settings.broker, timeout=timeout)
+                if r.get("hostname", "").startswith(f"{short}-") and r["hostname"].endswith(f"@{host}")]
 
     def output(self, process) -> str:
         return Path(process.log_path).read_text()
@@ -279,3 +310,6 @@ def unacked(queue: str) -> int:
         if len(parts) == 2 and parts[0] == queue:
             return int(parts[1])
     return 0
+
+
+from .private_broker import private_broker  # noqa: E402,F401 - a session fixture: a RabbitMQ node of our own

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-import time
 
 
 class TcpProxy:
@@ -18,6 +17,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.base_events.Server | None = None
         self._refusing = False
+        self._silent = False
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def start(self) -> "TcpProxy":
@@ -44,6 +44,8 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self._silent:  # a black hole: bytes go in, nothing comes out, nobody hangs up
+                    continue
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -60,6 +62,11 @@ class TcpProxy:
             self._writers.clear()
         asyncio.run_coroutine_threadsafe(drop(), self._loop).result(5)
         self.cuts += 1
+
+    def silence(self, silent: bool) -> None:
+        """While silent, open connections stay open but nothing gets through either
+        way, and new ones are accepted into the same silence (a network partition)."""
+        self._silent = silent
 
     def refuse(self, refusing: bool) -> None:
         """While refusing, new connections are closed at once (a broker that is down)."""

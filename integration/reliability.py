@@ -28,7 +28,7 @@ def render(results: Path) -> str:
 
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     broker = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True).stdout.strip() or "?"
-    versions = ", ".join(f"{p} {md.version(p)}" for p in ("amqtask", "pika", "aio-pika", "hypothesis"))
+    versions = ", ".join(f"{p} {md.version(p)}" for p in ("amqtask", "pika", "aiormq", "uvloop", "hypothesis"))
     lines = [
         "# Reliability: what happens on a bad day",
         "",

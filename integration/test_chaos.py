@@ -4,6 +4,7 @@ twice, lost. Lost must be zero. Sizes are CI sizes; AMQTASK_CHAOS_SCALE multipli
 them. Each scenario reports its figures (see integration/reliability.py)."""
 from __future__ import annotations
 
+import bz2
 import json
 import os
 import pickle
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 
 import pika
 import pytest
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 from amqtask import App, AmqtaskError, BrokerUnavailable
 from amqtask.topology.loader import check_text
 
-from .conftest import ROOT, WorkerHarness, drain, worker_yaml
+from .conftest import RESULTS_YAML, ROOT, WorkerHarness, drain, worker_yaml
 from .proxy import Cutter, TcpProxy
 from .reliability import report
 
@@ -71,7 +73,7 @@ def account(harness, confirmed: list[str]) -> dict:
 
 
 def no_results_app(yaml_text: str) -> App:
-    settings = check_text(yaml_text + "results:\n  enabled: false\n").settings
+    settings = check_text(yaml_text.replace(RESULTS_YAML, "")).settings  # results are off unless configured
     assert settings is not None
     return App("chaos-publisher", settings=settings)
 
@@ -152,9 +154,26 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
-def test_broker_restart(harness):
+class _Untracked:
+    """The private broker is deleted whole at the end: nothing to track."""
+
+    def track(self, *args: str) -> None:
+        pass
+
+
+@pytest.fixture
+def private_harness(prefix, tmp_path, private_broker):
+    h = WorkerHarness(prefix, tmp_path, _Untracked(), url=private_broker.url)
+    yield h
+    h.stop_all()
+
+
+def test_broker_restart(private_harness, private_broker):
     """4. stop_app/start_app mid-drain with durable queues and persistent messages:
-    the worker and the publisher carry on without being restarted."""
+    the worker and the publisher carry on without being restarted. (On a node of
+    the tests' own: restarting the shared broker would break everything else.)"""
+    harness = private_harness
+    _rabbitmqctl = private_broker.ctl
     ids = publish_marks(harness, n(5_000), "restart")
     worker = harness.start("-P", "prefork", "-c", "2")
     harness.wait_for(lambda: len(runs(harness)) >= len(ids) // 5, timeout=60, what="a fifth of the drain")
@@ -203,6 +222,9 @@ def test_broker_restart(harness):
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 GOOD_BODY = json.dumps([[1], {}, EMBED]).encode()
+# Over broker.max_message_bytes once decompressed, a few KiB on the wire.
+_BOMB = b"[[" + b"0," * 5_000_000 + b"0],{},{}]"
+BOMBS = [("application/x-gzip", zlib.compress(_BOMB, 9)), ("application/x-bz2", bz2.compress(_BOMB, 9))]
 wrong_header = st.one_of(
     st.fixed_dictionaries({"retries": st.text(max_size=5)}),
     st.fixed_dictionaries({"eta": st.integers(-2**31, 2**31 - 1)}),
@@ -210,7 +232,20 @@ wrong_header = st.one_of(
     st.fixed_dictionaries({"expires": st.booleans()}),
     st.fixed_dictionaries({"timelimit": st.one_of(st.text(max_size=4), st.lists(st.integers(0, 1000), min_size=3, max_size=5))}),
     st.fixed_dictionaries({"group_index": st.text(max_size=4)}),
-    st.fixed_dictionaries({"id": st.one_of(st.integers(-2**31, 2**31 - 1), st.just(""))}),
+    st.fixed_dictionaries({"id": st.one_of(st.integers(-2**31, 2**31 - 1), st.just(""), st.just("x" * 300))}),
+)
+hostile_header = st.one_of(
+    st.fixed_dictionaries({"timelimit": st.tuples(st.one_of(st.none(), st.integers(-10**9, -1)),
+                                                  st.integers(-10**9, -1)).map(list)}),
+    st.fixed_dictionaries({"timelimit": st.lists(st.integers(10**9, 2**31 - 1), min_size=2, max_size=2)}),
+    st.fixed_dictionaries({"retries": st.one_of(st.integers(-2**31, -1), st.integers(10**7, 2**31 - 1))}),
+    st.fixed_dictionaries({"eta": st.integers(2, 9000).map(lambda years: f"{min(9999, 2026 + years)}-01-01T00:00:00")}),
+)
+bad_canvas = st.one_of(
+    st.fixed_dictionaries({"callbacks": st.lists(st.one_of(st.text(max_size=10), st.integers()), min_size=1,
+                                                 max_size=3)}),
+    st.fixed_dictionaries({"chain": st.lists(st.fixed_dictionaries({"task": st.integers()}), min_size=1, max_size=2)}),
+    st.fixed_dictionaries({"callbacks": st.just([{"task": "t.mark", "options": "not a mapping"}])}),
 )
 malformed = st.one_of(
     st.builds(lambda b: ("random bytes", b"\xff" + b, "application/json", "utf-8", {}), st.binary(max_size=200)),
@@ -229,17 +264,28 @@ malformed = st.one_of(
     st.builds(lambda c: ("wrong compression", GOOD_BODY, "application/json", "utf-8", {"compression": c}),
               st.sampled_from(["application/x-gzip", "application/x-bz2", "application/x-lzma"])),
     st.just(("no task header", GOOD_BODY, "application/json", "utf-8", {"task": None})),
+    st.builds(lambda h: ("hostile header", GOOD_BODY, "application/json", "utf-8", h), hostile_header),
+    st.builds(lambda bomb: ("compression bomb", bomb[1], "application/json", "utf-8", {"compression": bomb[0]}),
+              st.sampled_from(BOMBS)),
+    st.builds(lambda depth: ("deep nesting", ("[" * depth + "]" * depth).encode(), "application/json", "utf-8", {}),
+              st.integers(200, 5_000)),
+    st.just(("yaml alias", b"- &a [1]\n- *a\n- {}\n", "application/x-yaml", "utf-8", {})),
+    st.builds(lambda embed: ("malformed canvas (runs, then a dead copy)",
+                             json.dumps([[1], {}, {**EMBED, **embed}]).encode(), "application/json", "utf-8", {}),
+              bad_canvas),
 )
 
 
-def test_bad_messages(harness, amqp):
-    """5. Thousands of malformed messages, valid tasks interleaved: no worker crash,
-    every malformed one dead-lettered with a reason, every valid one run."""
-    worker = harness.start("-P", "threads", "-c", "2")
+@pytest.mark.parametrize("pool", ["threads", "prefork", "asyncio", "solo"])
+def test_bad_messages(harness, amqp, pool):
+    """5. Thousands of malformed messages, valid tasks interleaved, in every pool: no
+    worker crash, every malformed one dead-lettered with a reason (a malformed canvas
+    after its task ran: a copy), every valid one run."""
+    worker = harness.start("-P", pool, "-c", "2")
     sent: dict[int, str] = {}
     valid: list[str] = []
 
-    @settings(max_examples=n(2_000), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=n(500), deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(malformed)
     def publish(case):
         kind, body, content_type, encoding, extra = case
@@ -264,7 +310,7 @@ def test_bad_messages(harness, amqp):
     assert worker.poll() is None
     assert "Traceback" not in harness.output(worker)
     kinds = sorted(set(sent.values()))
-    report("bad messages", load=f"{len(sent)} malformed ({len(kinds)} kinds) + {len(valid)} valid interleaved",
+    report(f"bad messages ({pool} pool)", load=f"{len(sent)} malformed ({len(kinds)} kinds) + {len(valid)} valid interleaved",
            faults=", ".join(kinds), confirmed=len(valid), executed=len(set(runs(harness)) & set(valid)),
            duplicated=0, lost=0, crashes=0, recovery=f"{len(dead)} dead letters, each with x-amqtask-reason")
 
@@ -320,11 +366,14 @@ def test_memory_under_backlog(harness, amqp):
 # -- 8. security ----------------------------------------------------------------------
 
 
-def test_credentials_never_appear_in_output(tmp_path, prefix, amqp, broker_url):
-    """8a. A unique password never shows in logs, banners, errors or --help."""
+def test_credentials_never_appear_in_output(tmp_path, prefix, private_broker):
+    """8a. A unique password never shows in logs, banners, errors or --help. (A user
+    is added on a node of the tests' own, never on the shared broker.)"""
     from amqtask.brokerurl import parse_broker_urls
 
-    base = parse_broker_urls(broker_url)[0]
+    amqp = _Untracked()
+    _rabbitmqctl = private_broker.ctl
+    base = parse_broker_urls(private_broker.url)[0]
     user, password = f"{prefix}-user", f"pw-{uuid.uuid4().hex}"
     _rabbitmqctl("add_user", user, password)
     try:

@@ -37,7 +37,8 @@ trees = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4
                      max_leaves=25)
 
 
-@settings(max_examples=int(400 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(int(400 * SCALE), settings().max_examples), deadline=None,
+          suppress_health_check=list(HealthCheck))
 @given(st.dictionaries(keys, trees, max_size=6))
 def test_generated_structures(tree):
     import yaml
@@ -46,7 +47,7 @@ def test_generated_structures(tree):
     checked["generated"] += 1
 
 
-@settings(max_examples=int(300 * SCALE), deadline=None)
+@settings(max_examples=max(int(300 * SCALE), settings().max_examples), deadline=None)
 @given(st.text(max_size=300))
 def test_arbitrary_text(text):
     must_not_crash(text)

@@ -14,7 +14,7 @@ import pytest
 from amqtask.control import ping_workers
 from amqtask.results import FAILURE, REVOKED, SUCCESS, TaskRevokedError
 
-from .conftest import ROOT, connect, drain, unacked
+from .conftest import ROOT, drain, unacked
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "asyncio", "solo"])
@@ -40,18 +40,24 @@ def test_banner_hides_password_and_lists_what_it_serves(harness):
     assert harness.queue in out and "t.add" in out and "prefetch:" in out
 
 
-def test_prefetch_window_bounds_unacked_messages(harness, amqp):
+def test_prefetch_window_bounds_unacked_messages(harness, amqp, tmp_path):
     harness.start("-P", "threads", "-c", "2", "--prefetch-multiplier", "2")
     consumers = subprocess.run(["rabbitmqctl", "-q", "list_consumers", "queue_name", "prefetch_count"],
                                capture_output=True, text=True, timeout=60).stdout
     assert f"{harness.queue}\t4" in consumers
+    gate = tmp_path / "gate"
     for i in range(40):
-        harness.module.record_task.delay(i, sleep=0.1)
+        harness.module.gated.delay(i, str(gate))
+    # While the tasks cannot finish, the worker holds exactly its window: 2 running, 2 waiting.
+    harness.wait_for(lambda: len(harness.records("start")) == 2 and unacked(harness.queue) == 4,
+                     what="a full prefetch window")
+    held = [unacked(harness.queue) for _ in range(3)]
+    assert held == [4, 4, 4] and len(harness.records("start")) == 2
+    gate.touch()
     seen = []
     while len(harness.records("end")) < 40:
         seen.append(unacked(harness.queue))
     assert max(seen) <= 4, seen
-    assert max(seen) > 0
 
 
 def test_fair_dispatch_short_tasks_do_not_wait_behind_a_long_one(harness):
@@ -285,6 +291,53 @@ def test_worker_recovers_when_the_broker_closes_its_connection(harness):
         subprocess.run(["rabbitmqctl", "close_connection", pid, "test"], capture_output=True, timeout=60)
     harness.wait_consuming(worker)
     assert harness.module.add.delay(2, 2).get(timeout=30) == 4
+
+
+def test_a_channel_the_broker_closes_is_opened_again_on_the_same_connection(harness):
+    """RabbitMQ closes a consumer's channel and keeps its connection (consumer_timeout
+    on a long late-ack task, a 406 on an unknown delivery tag). Before: the worker
+    waited on its connection only, said it was consuming, and never got another message."""
+    import asyncio
+
+    from amqtask.worker.worker import Worker, WorkerConfig
+
+    gate = harness.record_file.parent / "gate"
+
+    async def scenario() -> None:
+        worker = Worker(harness.app, WorkerConfig(queues=(harness.queue,), pool="threads", concurrency=2,
+                                                  hostname=f"{harness.prefix}-chan@localhost"))
+        running = asyncio.ensure_future(worker.run(install_signals=False))
+        try:
+            await _eventually(lambda: worker.consuming, "the worker to consume")
+            held = await asyncio.to_thread(harness.module.gated.delay, "held", str(gate))
+            await _eventually(lambda: harness.records("start"), "the long task to start")
+            connection = worker.consumer._connection
+            worker.consumer._channel.basic_ack(99999)  # RabbitMQ answers 406 and closes the channel
+            await _eventually(lambda: worker.consumer.reconnects == 1, "a new channel")
+            assert worker.consumer._connection is connection and not connection.is_closed
+            # The held message went back with its channel: it is delivered again on the new one.
+            await _eventually(lambda: any(r["redelivered"] for r in harness.records("start")), "the redelivery")
+            gate.touch()
+            assert await asyncio.to_thread(held.get, timeout=30) == "held"
+            assert await asyncio.to_thread(harness.module.add.delay(2, 3).get, timeout=30) == 5
+            # Nothing of the closed channel was settled on the new one (that would close it too).
+            assert worker.consumer.reconnects == 1 and worker.consuming
+        finally:
+            gate.touch()
+            worker.request_shutdown()
+            assert await asyncio.wait_for(running, 60) == 0
+
+    asyncio.run(scenario())
+
+
+async def _eventually(predicate, what: str, timeout: float = 30.0) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def test_deleted_queue_is_declared_again(harness, amqp):

@@ -7,14 +7,14 @@ import subprocess
 import sys
 import time
 
-from amqtask.control import ping_workers
+import pytest
+
 
 from .conftest import ROOT
 
 
 def consuming_pids(harness, process) -> set[int]:
-    replies = ping_workers(harness.app.settings.broker, timeout=0.5, destination=process.name)
-    return {r["pid"] for r in replies if r.get("consuming")}
+    return {r["pid"] for r in harness.pings(process, timeout=0.5) if r.get("consuming")}
 
 
 def wait_for_processes(harness, process, count: int) -> set[int]:
@@ -54,6 +54,22 @@ def test_processes_share_the_queue_and_run_every_task_once(harness):
     assert "processes:   2" in out and "guest:***@" in out
 
 
+def test_no_pool_flags_is_a_threads_process_per_cpu_under_a_supervisor(harness):
+    from amqtask.worker.sizing import cpus
+
+    worker = harness.start("--defaults")
+    pids = wait_for_processes(harness, worker, cpus())
+    for i in range(40):
+        harness.module.record_task.delay(i, sleep=0.05)
+    harness.wait_for(lambda: len(harness.records("end")) == 40, what="all tasks")
+    ran = harness.records("start")
+    assert sorted(r["tag"] for r in ran) == list(range(40))  # each exactly once
+    assert {r["pid"] for r in ran} <= pids and all(r["ppid"] == worker.pid for r in ran)
+    out = harness.output(worker)
+    assert f"processes:   {cpus()}, each with its own connection, under a supervisor" in out
+    assert "pool:        threads, 4 slots" in out
+
+
 def test_one_sigterm_is_a_warm_shutdown_of_every_process(harness, amqp):
     worker = harness.start("--processes", "2", "-P", "threads", "-c", "1", "--prefetch-multiplier", "1")
     wait_for_processes(harness, worker, 2)
@@ -91,6 +107,58 @@ def test_a_killed_process_is_replaced_and_its_task_redelivered(harness):
     now = wait_for_processes(harness, worker, 2)  # a new process took the dead one's place
     assert started["pid"] not in now and len(now & first) == 1
     assert "starting another" in harness.output(worker)
+
+
+def test_a_task_that_kills_its_process_runs_once_more_then_fails_not_in_a_loop(harness, amqp):
+    """Threads run tasks inside the consuming process, so a task that kills it (a
+    segfault, the OOM killer) comes back redelivered to the next process. Before: every
+    process that took it died, for ever. Now the second death ends it: WorkerLostError,
+    a dead letter, and the command goes on with two processes."""
+    from .conftest import drain
+
+    worker = harness.start("--processes", "2", "-P", "threads", "-c", "1")
+    wait_for_processes(harness, worker, 2)
+    poison = harness.module.die.delay()
+    with pytest.raises(Exception) as exc:
+        poison.get(timeout=30)
+    assert type(exc.value).__name__ == "WorkerLostError" and "second worker process" in str(exc.value)
+    starts = harness.records("start")
+    assert [r["redelivered"] for r in starts] == [False, True]  # two processes died, no third run
+    assert len({r["pid"] for r in starts}) == 2
+    harness.wait_for(lambda: amqp.queue_declare(f"{harness.queue}.dead", passive=True).method.message_count == 1,
+                     what="the dead letter")
+    [(_, props, _)] = drain(amqp, f"{harness.queue}.dead")
+    assert "WorkerLostError" in props.headers["x-amqtask-reason"]
+    wait_for_processes(harness, worker, 2)  # both replaced
+    assert harness.module.add.delay(1, 2).get(timeout=20) == 3
+
+
+def test_a_thread_past_its_hard_time_limit_retires_its_process(harness):
+    """A thread cannot be stopped: the task fails at its hard limit, and its process
+    finishes its other work and makes way for a new one, as a prefork child would be
+    killed. Before: the hung thread held its slot for as long as the task ran."""
+    worker = harness.start("--processes", "2", "-P", "threads", "-c", "1")
+    first = wait_for_processes(harness, worker, 2)
+    hung = harness.module.hard.delay()  # sleeps 30 s, hard limit 0.5 s
+    with pytest.raises(Exception) as exc:
+        hung.get(timeout=20)
+    assert type(exc.value).__name__ == "TimeLimitExceeded"
+    harness.wait_for(lambda: len(consuming_pids(harness, worker) - first) == 1, what="a new process")
+    assert len(consuming_pids(harness, worker)) == 2
+    assert "passed its hard time limit and its thread cannot be stopped" in harness.output(worker)
+    assert harness.module.add.delay(2, 2).get(timeout=20) == 4
+
+
+def test_max_tasks_per_child_recycles_a_threads_process(harness):
+    """The process is the child: after 3 tasks it makes way for a new one."""
+    from collections import Counter
+
+    worker = harness.start("--processes", "2", "-P", "threads", "-c", "1", "--max-tasks-per-child", "3")
+    wait_for_processes(harness, worker, 2)
+    pids = Counter(harness.module.pid.delay().get(timeout=20) for _ in range(7))
+    assert max(pids.values()) <= 3 and len(pids) >= 3, pids  # 2 x 3 tasks, then a new process
+    assert worker.poll() is None
+    assert "(--max-tasks-per-child 3); this process finishes its running tasks" in harness.output(worker)
 
 
 def test_processes_stop_warmly_when_the_supervisor_dies(harness):

@@ -33,6 +33,17 @@ def record_task(self, tag, sleep=0.0):
     return tag
 
 
+@app.task(name="t.gated", bind=True)
+def gated(self, tag, gate):
+    """Runs until the file `gate` exists (at most a minute): holds a slot as long as a test needs."""
+    record(event="start", tag=tag, id=self.request.id, redelivered=self.request.redelivered)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record(event="end", tag=tag, id=self.request.id)
+    return tag
+
+
 @app.task(name="t.pid")
 def pid():
     return os.getpid()
@@ -131,3 +142,25 @@ def mark(self, seq, sleep=0.0):
 @app.task(name="t.slow")
 def slow(seq):
     time.sleep(0.02)
+
+
+@app.task(name="t.tsum", bind=True)
+def tsum(self, values):
+    """A chord body: records each time it runs."""
+    record(event="body", id=self.request.id, n=len(values))
+    return sum(values)
+
+
+@app.task(name="t.fail_on", bind=True)
+def fail_on(self, x, bad=13, sleep=0.0):
+    record(event="part", id=self.request.id, x=x, redelivered=self.request.redelivered)
+    if sleep:
+        time.sleep(sleep)
+    if x == bad:
+        raise ValueError(f"bad input {x}")
+    return x
+
+
+@app.task(name="t.errback")
+def errback(task_id):
+    record(event="errback", failed=task_id)

@@ -150,14 +150,18 @@ def test_missing_file_is_one_clear_problem(tmp_path):
 
 def test_worker_and_tasks_sections(example_config):
     s = load_settings(example_config)
-    assert s.worker.concurrency == 2 and s.worker.pool == "prefork" and s.worker.prefetch_multiplier == 4
+    assert s.worker.concurrency is None and s.worker.pool == "threads" and s.worker.prefetch_multiplier == 4
+    assert s.worker.processes == "auto"
     add = s.tasks["projq.tasks.add"]
     assert (add.rate_limit, add.time_limit, add.soft_time_limit, add.max_retries) == ("500/m", 30, 25, 3)
 
 
-def test_worker_processes_defaults_to_one_and_must_be_positive():
-    assert check_text("{}", environ={}).settings.worker.processes == 1
+def test_worker_processes_defaults_to_auto_and_must_be_positive():
+    assert check_text("{}", environ={}).settings.worker.processes == "auto"
+    assert check_text("worker: {processes: auto}\n", environ={}).settings.worker.processes == "auto"
     assert check_text("worker: {processes: 3}\n", environ={}).settings.worker.processes == 3
+    many = check_text("worker:\n  processes: many\n", environ={})
+    assert many.errors[0].message == "'processes' must be a whole number or 'auto', not 'many'"
     result = check_text("worker:\n  processes: 0\n", environ={})
     assert result.settings is None
     assert result.errors[0].message == "'processes' must be greater than 0, not 0" and result.errors[0].position.line == 2
@@ -195,3 +199,33 @@ def test_unknown_yaml_tags_are_errors():
 def test_empty_documents_mean_all_defaults(text):
     result = check_text(text, environ={})
     assert result.settings is not None and result.problems == ()
+
+
+# Found by the property tests (tests/test_loader_fuzz.py, integration/test_chaos_config.py):
+# each was a crash and is now a problem at its line.
+def test_worker_queue_lists_of_non_names_are_errors_not_crashes():
+    result = check_text("worker: {queues: [[]]}\n", source="r.yaml", environ={})
+    assert result.settings is None
+    assert messages(result) == [(1, "worker queues entries must be queue names, not a list")]
+    result = check_text("queues: {q: {}}\nworker: {exclude_queues: [{a: 1}, q]}\n", environ={})
+    assert messages(result) == [(2, "worker exclude_queues entries must be queue names, not a mapping")]
+
+
+def test_a_classic_queue_in_a_cluster_configuration_is_a_warning(minimal_yaml):
+    cluster = "amqp://guest:guest@10.0.0.1:5672//;amqp://guest:guest@10.0.0.2:5672//"
+    text = minimal_yaml.replace("  default:\n    bindings:", "  default:\n    queue_type: quorum\n    bindings:")
+    result = check_text(text, environ={"AMQTASK_BROKER_URL": cluster})
+    warned = [m for _, m in messages(result, "warning") if "lives on one node" in m]
+    assert any("'web_tasks'" in m for m in warned) and any("'audit'" in m for m in warned), warned
+    assert not any("'default'" in m for m in warned)
+    single = check_text(text, environ={"AMQTASK_BROKER_URL": "amqp://guest:guest@10.0.0.1:5672//"})
+    assert not [m for _, m in messages(single, "warning") if "lives on one node" in m]
+
+
+def test_a_queue_name_too_long_to_be_parked_is_reported_at_its_line():
+    """The worker parks countdowns, etas, retries and rate-limited tasks under a routing
+    key that ends with the queue's name: past 255 bytes, AMQP cannot carry it."""
+    long_name = "q." * 50 + "x"  # 101 bytes, 201 once its dots are encoded in the key
+    result = check_text(f"queues:\n  fine: {{}}\n  {long_name}: {{}}\n", source="r.yaml", environ={})
+    [(line, message)] = [m for m in messages(result, "warning") if "parked" in m[1]]
+    assert line == 3 and "265 bytes" in message and "255" in message

@@ -75,6 +75,10 @@ def wire(body=b'[[], {}, {}]', headers=None, content_type="application/json", en
     (wire(headers={"task": "t", "id": "1", "timelimit": [1]}), ProtocolError, "timelimit"),
     (wire(headers={"task": "t", "id": "1", "compression": "application/x-gzip"}), SerializationError, "decompress"),
     (wire(body=b"\xff\xfe"), SerializationError, "cannot decode"),
+    # Found by the chaos suite: a string where a list of signatures belongs was iterated per character.
+    (wire(body=rb'[[], {}, {"callbacks": "\u00b2\u00b2"}]'), ProtocolError, "'callbacks' must be a list"),
+    (wire(body=b'[[], {}, {"chain": 16}]'), ProtocolError, "'chain' must be a list"),
+    (wire(body=b'[[], {}, {"chord": [1]}]'), ProtocolError, "'chord' must be a signature"),
 ])
 def test_malformed_messages_are_refused_with_a_reason(message, error, fragment):
     with pytest.raises(error) as exc:
@@ -89,8 +93,8 @@ def test_minimal_foreign_message_is_accepted():
 
 
 def test_naive_times_are_utc():
-    back = decode_task(wire(headers={"task": "t", "id": "1", "eta": "2030-01-01T00:00:00"}), Codec())
-    assert back.eta == dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    back = decode_task(wire(headers={"task": "t", "id": "1", "eta": "2020-01-01T00:00:00"}), Codec())
+    assert back.eta == dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def test_fractional_time_limits_survive_pika_encoding():
@@ -128,3 +132,65 @@ def test_pika_headers_fast_path_agrees_with_the_full_conversion(headers):
     from amqtask.amqp.blocking import pika_header_value, pika_headers
 
     assert pika_headers(headers) == pika_header_value(headers)
+
+
+def test_nesting_limit_is_exact_whatever_the_shortcut():
+    """100 levels decode; 101 are refused (JSON and msgpack), however the body is spelled."""
+    import msgpack
+    import pytest
+
+    from amqtask.errors import SerializationError
+    from amqtask.serializers import MAX_DEPTH
+
+    codec = Codec()
+    ok, deep = "[" * MAX_DEPTH + "]" * MAX_DEPTH, "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
+    assert codec.decode(ok.encode(), "application/json") is not None
+    with pytest.raises(SerializationError, match="nested"):
+        codec.decode(deep.encode(), "application/json")
+    spaced = " [ " * (MAX_DEPTH + 1) + " ] " * (MAX_DEPTH + 1)
+    with pytest.raises(SerializationError, match="nested"):
+        codec.decode(spaced.encode(), "application/json")
+    value: list = []
+    for _ in range(MAX_DEPTH):
+        value = [value]
+    with pytest.raises(SerializationError, match="nested"):
+        codec.decode(msgpack.packb(value), "application/x-msgpack")
+
+
+def test_json_speaks_kombus_type_markers_both_ways():
+    """kombu (5.3 and later) writes datetime, date, time, UUID, Decimal and bytes as
+    {"__type__": ..., "__value__": ...}: a Celery client's datetime argument reaches an
+    amqtask task as a datetime, and an amqtask client's reaches a Celery task as one."""
+    import uuid
+    from decimal import Decimal
+
+    from kombu.utils import json as kombu_json
+
+    when = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.timezone.utc)
+    values = [when, when.replace(tzinfo=None), when.date(), when.time(), uuid.UUID(int=7), Decimal("9.99"),
+              b"text", b"\xff\x00"]
+    body = [values, {"at": when}, {}]
+    from_celery = kombu_json.dumps(body).encode()
+    assert Codec().decode(from_celery, "application/json", "utf-8") == body
+    ours, content_type, encoding, _ = Codec().encode(body)
+    assert kombu_json.loads(ours) == body
+    # A dict that only looks like a marker of an unknown type stays a dict.
+    assert Codec().decode(b'{"__type__": "mine", "__value__": 1}', "application/json") == {
+        "__type__": "mine", "__value__": 1}
+
+
+@pytest.mark.parametrize("body", [b'[[1], {}]', b'  [[1], {}]\n', b'[[1], {}]  \r\n', "[[\"é\"], {}]".encode()])
+def test_json_bodies_decode_as_json_loads_reads_them(body):
+    from amqtask.serializers import Codec
+
+    assert Codec().decode(body, "application/json", "utf-8") == json.loads(body)
+
+
+@pytest.mark.parametrize("body", [b'[[1], {}] x', b'[[1], {}][]', b'', b'  ', b'[1,'])
+def test_json_bodies_json_loads_refuses_are_refused(body):
+    from amqtask.serializers import Codec, SerializationError
+
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(body)
+    with pytest.raises(SerializationError):
+        Codec().decode(body, "application/json", "utf-8")

@@ -21,7 +21,8 @@ words = st.sampled_from(["a", "b", "c", "", "ab"])
 pattern_words = st.one_of(words, st.just("*"), st.just("#"))
 
 
-@settings(max_examples=2000)
+# At least 2000 examples (they are cheap); more under the `long` profile (make fuzz).
+@settings(max_examples=max(2000, settings().max_examples))
 @given(st.lists(pattern_words, max_size=6), st.lists(words, max_size=6))
 def test_matcher_agrees_with_reference(pattern, key):
     pattern_text, key_text = ".".join(pattern), ".".join(key)

@@ -2,9 +2,10 @@
 
 One connection and one channel per transport, guarded by a lock so that a web
 app's request threads can share it. Every wait is bounded by the settings'
-timeouts; a connection that dropped since the last call is re-opened
-transparently and the publish retried (at-least-once: a publish whose confirm
-was lost with the connection may reach the broker twice).
+timeouts (connect_timeout to connect, publish_timeout for any answer, a confirm
+included, see answered_within); a connection that dropped since the last call is
+re-opened transparently and the publish retried (at-least-once: a publish whose
+confirm was lost with the connection may reach the broker twice).
 """
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import pika
 import pika.exceptions as px
 from pika.adapters.blocking_connection import BlockingChannel
 
 from ..errors import BrokerError, BrokerUnavailable, DeclareConflict, NackError, PublishError, UnroutableError
+from ..forks import start_afresh_after_fork
 from ..protocol import WireMessage
 from ..settings import BrokerSettings
 from ..topology.model import Exchange, Queue, Topology
-from .params import pika_parameters
+from .params import close_quietly, pika_parameters
 
 log = logging.getLogger("amqtask.amqp")
 T = TypeVar("T")
@@ -38,6 +41,38 @@ CONNECTION_ERRORS = (
     ConnectionError,
     OSError,
 )
+
+
+class BrokerSilent(px.AMQPConnectionError):
+    """The broker did not answer in time (a partition, a hung or blocked node); the
+    connection was torn down."""
+
+
+@contextmanager
+def answered_within(connection: pika.BlockingConnection, seconds: float, what: str) -> Iterator[None]:
+    """Bound every wait for the broker inside the block: after `seconds`, the
+    connection is torn down and the wait raises BrokerSilent.
+
+    pika's blocking calls wait for their answer (a confirm, a declare-ok, a
+    close-ok) until a heartbeat is missed: minutes on a silent broker. Its public
+    timers fire only in process_data_events, never inside those waits, so this
+    arms the timer its own blocked-connection timeout uses, which tears the
+    stream down the same way."""
+    impl = connection._impl  # noqa: SLF001 - see above
+    timer = impl._adapter_call_later(max(seconds, 0.0), lambda: impl._terminate_stream(BrokerSilent(
+        f"no answer from the broker to {what} within {seconds:g}s")))
+    try:
+        yield
+    finally:
+        impl._adapter_remove_timeout(timer)
+
+
+def close_within(connection: pika.BlockingConnection | None, seconds: float) -> None:
+    """close_quietly, waiting for a silent broker's close-ok `seconds` at most."""
+    if connection is None or not connection.is_open:
+        return
+    with answered_within(connection, seconds, "close"):
+        close_quietly(connection)
 
 
 @dataclass(frozen=True)
@@ -82,20 +117,37 @@ def wire_properties(wire: WireMessage) -> pika.BasicProperties:
 class BlockingTransport:
     def __init__(self, broker: BrokerSettings) -> None:
         self.broker = broker
+        self.after_fork()
+        start_afresh_after_fork(self)
+
+    def after_fork(self) -> None:
+        """A connection and lock of this process's own (at creation, and in a forked
+        child: the socket is the parent's, and closing it here would send a Close
+        frame on the parent's connection; the lock may have been held by a thread
+        that does not exist in the child)."""
         self._lock = threading.RLock()
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
 
     # -- connection --------------------------------------------------------------
-    def _open(self) -> BlockingChannel:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
+    def _attempt(self, operation: Callable[[BlockingChannel], T], what: str, deadline: float) -> T:
+        """`operation` on a live channel (connecting first if need be, within
+        connect_timeout); every answer it waits for, opening the channel included,
+        comes by `deadline` or the connection is dropped (BrokerSilent)."""
         if self._connection is None or not self._connection.is_open:
-            self._connection = self._connect()
-        self._channel = self._connection.channel()
-        if self.broker.confirm_publish:
-            self._channel.confirm_delivery()
+            self._connection, self._channel = self._connect(), None
+        with answered_within(self._connection, deadline - time.monotonic(), what):
+            return operation(self._live_channel(self._connection))
+
+    def _live_channel(self, connection: pika.BlockingConnection) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self._channel = connection.channel()
+            if self.broker.confirm_publish:
+                self._channel.confirm_delivery()
         return self._channel
+
+    def _answer_deadline(self) -> float:
+        return time.monotonic() + self.broker.publish_timeout
 
     def _connect(self) -> pika.BlockingConnection:
         try:
@@ -104,14 +156,18 @@ class BlockingTransport:
             shown = ", ".join(u.redacted() for u in self.broker.urls)
             raise BrokerUnavailable(f"cannot connect to the broker at {shown}: {_describe(exc)}") from None
 
+    def _drop_channel(self) -> None:
+        """Publish on a new channel from the next attempt on."""
+        channel, self._channel = self._channel, None
+        if channel is not None and channel.is_open:
+            try:
+                channel.close()
+            except (px.AMQPError, OSError):  # it goes with the connection anyway
+                pass
+
     def _reset(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            try:
-                if connection.is_open:
-                    connection.close()
-            except Exception:  # closing a broken connection may fail in many ways; it is gone either way
-                pass
+        close_within(connection, self.broker.connect_timeout)
 
     def close(self) -> None:
         with self._lock:
@@ -126,17 +182,34 @@ class BlockingTransport:
     def _with_retries(self, operation: Callable[[BlockingChannel], T], what: str) -> T:
         """Run `operation` on a live channel, re-opening the connection when it broke,
         at most publish_retries + 1 times and within publish_timeout."""
-        deadline = time.monotonic() + self.broker.publish_timeout
+        deadline = self._answer_deadline()
         attempt = 0
         with self._lock:
             while True:
                 attempt += 1
                 try:
-                    return operation(self._open())
+                    return self._attempt(operation, what, deadline)
+                except BrokerSilent:
+                    self._reset()
+                    raise PublishError(
+                        f"{what} not confirmed within {self.broker.publish_timeout:g}s (broker.publish_timeout): "
+                        "no answer from the broker (a network partition, a hung node, or a memory or disk alarm)"
+                    ) from None
                 except BrokerUnavailable:
                     self._reset()
                     if attempt > self.broker.publish_retries or time.monotonic() >= deadline:
                         raise
+                except NackError:
+                    # Sent again on a new channel: RabbitMQ 3.10 nacks every publish of a channel
+                    # whose first publish to a quorum queue came while the queue's record still
+                    # named a dead leader, for as long as that channel lives; a new channel a moment
+                    # later is taken. A nack means the broker did not take the message, so this
+                    # cannot duplicate it (unless the route reaches several queues and only some
+                    # refused). A full queue with reject-publish still raises, after the retries.
+                    self._drop_channel()
+                    if attempt > self.broker.publish_retries or time.monotonic() >= deadline:
+                        raise
+                    log.warning("%s nacked by the broker; sending it again on a new channel", what)
                 except px.ChannelClosedByBroker as exc:
                     self._channel = None
                     raise PublishError(f"{what} refused by the broker: {exc.reply_code} {exc.reply_text}") from None
@@ -200,7 +273,7 @@ class BlockingTransport:
     def _declare_one(self, conflicts: list[DeclareConflict], kind: str, name: str,
                      op: Callable[[BlockingChannel], object]) -> None:
         try:
-            op(self._open())
+            self._attempt(op, f"the declare of {kind} {name!r}", self._answer_deadline())
         except px.ChannelClosedByBroker as exc:
             self._channel = None
             conflicts.append(DeclareConflict(kind, name, f"{exc.reply_code} {exc.reply_text}"))
@@ -218,16 +291,37 @@ class BlockingTransport:
         """Message and consumer counts, or None when the queue does not exist."""
         with self._lock:
             try:
-                ok = self._open().queue_declare(queue, passive=True)
+                ok = self._attempt(lambda ch: ch.queue_declare(queue, passive=True), f"inspecting queue {queue!r}",
+                                   self._answer_deadline())
             except px.ChannelClosedByBroker as exc:
                 self._channel = None
                 if exc.reply_code == 404:
                     return None
                 raise BrokerError(f"cannot inspect queue {queue!r}: {exc.reply_text}") from None
+            except CONNECTION_ERRORS as exc:
+                self._reset()
+                raise BrokerError(f"connection lost while inspecting queue {queue!r}: {_describe(exc)}") from None
             return QueueStats(queue, ok.method.message_count, ok.method.consumer_count)
 
-    def delete_queue(self, queue: str) -> None:
-        self._with_retries(lambda ch: ch.queue_delete(queue), f"delete of queue {queue!r}")
+    def delete_queue(self, queue: str, *, if_empty: bool = False) -> None:
+        """Delete a queue; with `if_empty`, the broker refuses (PublishError) when it holds messages."""
+        self._with_retries(lambda ch: ch.queue_delete(queue, if_empty=if_empty), f"delete of queue {queue!r}")
+
+    def exchange_exists(self, exchange: str) -> bool:
+        """A passive declare: True when the exchange exists (nothing is created)."""
+        with self._lock:
+            try:
+                self._attempt(lambda ch: ch.exchange_declare(exchange, passive=True),
+                              f"inspecting exchange {exchange!r}", self._answer_deadline())
+            except px.ChannelClosedByBroker as exc:
+                self._channel = None
+                if exc.reply_code == 404:
+                    return False
+                raise BrokerError(f"cannot inspect exchange {exchange!r}: {exc.reply_text}") from None
+            except CONNECTION_ERRORS as exc:
+                self._reset()
+                raise BrokerError(f"connection lost while inspecting exchange {exchange!r}: {_describe(exc)}") from None
+            return True
 
     def delete_exchange(self, exchange: str) -> None:
         self._with_retries(lambda ch: ch.exchange_delete(exchange), f"delete of exchange {exchange!r}")

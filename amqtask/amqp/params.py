@@ -1,12 +1,10 @@
-"""Broker settings -> connection parameters for pika and aio-pika."""
+"""Broker settings -> connection parameters for pika, and the TLS context both clients use."""
 from __future__ import annotations
 
 import ssl
-from urllib.parse import quote, urlencode
 
 import pika
 
-from ..brokerurl import BrokerURL
 from ..settings import BrokerSettings, TLSSettings
 
 
@@ -18,6 +16,18 @@ def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def close_quietly(connection: pika.BlockingConnection | None) -> None:
+    """Close a pika connection that may already be broken: a broken connection fails
+    to close in many ways (pika errors, OSError, a closed socket), and it is gone
+    either way."""
+    if connection is None or not connection.is_open:
+        return
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - see above
+        pass
 
 
 def pika_parameters(broker: BrokerSettings, name: str = "amqtask") -> list[pika.ConnectionParameters]:
@@ -44,12 +54,3 @@ def pika_parameters(broker: BrokerSettings, name: str = "amqtask") -> list[pika.
             )
         )
     return out
-
-
-def aio_pika_url(url: BrokerURL, broker: BrokerSettings) -> str:
-    scheme = "amqps" if url.tls else "amqp"
-    query = {"heartbeat": broker.heartbeat, "connection_timeout": int(broker.connect_timeout * 1000)}
-    return (
-        f"{scheme}://{quote(url.username, safe='')}:{quote(url.password, safe='')}@{url.host}:{url.port}/"
-        f"{quote(url.vhost, safe='')}?{urlencode(query)}"
-    )

@@ -6,28 +6,47 @@ so a user fixes everything in one pass.
 """
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path as FsPath
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from ..brokerurl import BrokerURLError, parse_broker_urls
-from ..errors import ConfigError
+from ..errors import ConfigError, ScheduleError
+from ..schedules import (
+    REFUSED_OPTIONS,
+    SCHEDULE_OPTION_NAMES,
+    Schedule,
+    at,
+    crontab,
+    every,
+    parse_crontab,
+    parse_duration,
+    schedule_option,
+    unread_results_reason,
+    zone,
+)
 from ..settings import (
     COMPRESSIONS,
+    MISSED_POLICIES,
     SERIALIZERS,
     TASK_OPTION_NAMES,
+    BeatSettings,
     BrokerSettings,
     Defaults,
     ResultSettings,
     RouteRule,
+    ScheduleEntry,
     Settings,
     TaskOptions,
     TLSSettings,
     WorkerSettings,
 )
+from ..settings import CONTROL_MODES, MonitorSettings
+from ..worker.delays import unparkable_reason
 from .model import DEFAULT_EXCHANGE, EXCHANGE_TYPES, Binding, Exchange, Queue, Topology
 from .yamlsource import Document, Position, load_document
 
@@ -36,11 +55,16 @@ CONFIG_ENV = "AMQTASK_CONFIG"
 BROKER_ENV = "AMQTASK_BROKER_URL"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
-SECTIONS = ("broker", "defaults", "exchanges", "queues", "routes", "tasks", "worker", "results")
-RESULTS_KEYS = ("enabled", "expires", "serializer")
+SECTIONS = ("broker", "defaults", "exchanges", "queues", "routes", "tasks", "worker", "results", "timezone",
+            "schedules", "beat")
+SCHEDULE_KEYS = ("task", "every", "crontab", "at", "args", "kwargs", "options", "missed", "jitter")
+BEAT_KEYS = ("group",)
+RESULTS_KEYS = ("backend", "enabled", "expires", "serializer", "extended", "table_names", "rpc_max_pending")
+RESULT_SCHEMES = ("rpc", "redis", "rediss", "sentinel", "db+postgresql", "db+postgres")
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 BROKER_KEYS = (
     "url", "confirm_publish", "connect_timeout", "publish_timeout", "heartbeat", "publish_retries",
-    "accept_content", "tls",
+    "accept_content", "tls", "max_message_bytes",
 )
 TLS_KEYS = ("ca_certs", "certfile", "keyfile", "verify", "server_hostname")
 DEFAULTS_KEYS = ("exchange", "queue", "routing_key", "serializer", "compression", "persistent")
@@ -55,7 +79,7 @@ ROUTE_KEYS = ("task", "exchange", "routing_key", "queue", "priority", "headers",
 WORKER_KEYS = (
     "concurrency", "processes", "pool", "prefetch_multiplier", "optimization", "queues", "exclude_queues",
     "max_tasks_per_child", "max_memory_per_child", "time_limit", "soft_time_limit", "loglevel", "name",
-)
+) + ("events", "heartbeat_interval", "control", "metrics_port", "revoked_stream")
 POOLS = ("prefork", "threads", "asyncio", "solo")
 OVERFLOWS = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
@@ -120,7 +144,10 @@ def load_settings(path: str | os.PathLike | None = None, environ: Mapping[str, s
     return result.settings
 
 
-def check_file(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> LoadResult:
+def check_file(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None, *,
+               tasks: Collection[str] | None = None) -> LoadResult:
+    """Check a file. `tasks`: the task names the app registers (`-A`), so that a
+    schedule naming an unknown task is reported."""
     file = resolve_config_path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -129,12 +156,13 @@ def check_file(path: str | os.PathLike | None = None, environ: Mapping[str, str]
         problem = Problem(str(file), Position(1, 1), "error", f"cannot read the configuration: {reason}",
                           f"pass --config PATH or set {CONFIG_ENV}")
         return LoadResult(None, (problem,))
-    return check_text(text, source=str(file), environ=environ)
+    return check_text(text, source=str(file), environ=environ, tasks=tasks)
 
 
-def check_text(text: str, source: str = "<string>", environ: Mapping[str, str] | None = None) -> LoadResult:
+def check_text(text: str, source: str = "<string>", environ: Mapping[str, str] | None = None, *,
+               tasks: Collection[str] | None = None) -> LoadResult:
     doc = load_document(text, environ)
-    checker = _Checker(doc, source)
+    checker = _Checker(doc, source, tasks)
     for where, message, hint in doc.errors:
         checker.problems.append(Problem(source, where, "error", message, hint))
     if doc.data is None and doc.errors:
@@ -158,12 +186,23 @@ def parse_duration_ms(value: Any) -> int | None:
     return None
 
 
+def result_backend_problem(url: str) -> str:
+    """Why `url` is not a result backend URL amqtask can use, or "" when it is."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    family = scheme.split("+")[0] if not scheme.startswith("db+") else "+".join(scheme.split("+")[:2])
+    if family not in RESULT_SCHEMES:
+        shown = re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+        return f"unknown result backend {shown!r}"
+    return ""
+
+
 class _Checker:
     """Walks the parsed document section by section, recording problems as it goes."""
 
-    def __init__(self, doc: Document, source: str) -> None:
+    def __init__(self, doc: Document, source: str, tasks: Collection[str] | None = None) -> None:
         self.doc = doc
         self.source = source
+        self.tasks = tasks
         self.problems: list[Problem] = []
         # (source, destination, key, to_exchange) -> the YAML path of the binding, for messages
         self._binding_paths: dict[tuple, tuple] = {}
@@ -237,8 +276,166 @@ class _Checker:
         worker = self.build_worker(self.mapping(root.get("worker"), ("worker",), "'worker'"), topology)
         results = self.build_results(self.mapping(root.get("results"), ("results",), "'results'"))
         self.check_reachability(topology, defaults, routes)
+        self.check_cluster(topology, broker)
+        timezone = self.build_timezone(root)
+        schedules = self.build_schedules(self.mapping(root.get("schedules"), ("schedules",), "'schedules'"),
+                                         timezone, topology, defaults, routes, results)
+        beat = self.build_beat(self.mapping(root.get("beat"), ("beat",), "'beat'"))
         return Settings(topology=topology, routes=tuple(routes), tasks=tasks, defaults=defaults, broker=broker,
-                        worker=worker, results=results, source=self.source)
+                        worker=worker, results=results, timezone=timezone, schedules=schedules, beat=beat,
+                        source=self.source)
+
+    # -- periodic tasks ------------------------------------------------------------
+    def build_timezone(self, root: Mapping) -> str:
+        name = self.typed(root, (), "timezone", str, "UTC")
+        try:
+            zone(name)
+        except ScheduleError as exc:
+            import zoneinfo
+
+            close = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=1)
+            self.error(("timezone",), str(exc), f"did you mean {close[0]!r}?" if close else "")
+            return "UTC"
+        return name
+
+    def build_beat(self, raw: dict) -> BeatSettings:
+        self.unknown_keys(raw, ("beat",), BEAT_KEYS, "'beat'")
+        group = self.typed(raw, ("beat",), "group", str, BeatSettings().group)
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", group):
+            self.error(("beat", "group"), f"beat group {group!r} must be 1-200 letters, digits or '_.:-'",
+                       "it names the beat's queues: amqtask.beat.<group>")
+            group = BeatSettings().group
+        return BeatSettings(group=group)
+
+    def build_schedules(self, raw: dict, timezone: str, topology: Topology, defaults: Defaults,
+                        routes: list[RouteRule], results: ResultSettings) -> tuple[ScheduleEntry, ...]:
+        entries = []
+        for name, spec in raw.items():
+            path = ("schedules", name)
+            spec = self.mapping(spec, path, f"schedule {name!r}")
+            self.unknown_keys(spec, path, SCHEDULE_KEYS, f"schedule {name!r}")
+            task = self.typed(spec, path, "task", str)
+            if not task:
+                self.error(path, f"schedule {name!r} needs 'task' (the task name to send)")
+            schedule = self.schedule_timing(spec, path, timezone)
+            options = self.schedule_options(self.mapping(spec.get("options"), path + ("options",), "'options'"),
+                                            path + ("options",))
+            self.check_schedule_results(name, options, path + ("options", "ignore_result"), results)
+            args = self.sequence(spec.get("args"), path + ("args",), "'args'")
+            kwargs = self.mapping(spec.get("kwargs"), path + ("kwargs",), "'kwargs'")
+            missed = self.typed(spec, path, "missed", str, "run_once", choices=MISSED_POLICIES)
+            jitter = self.schedule_duration(spec, path, "jitter")
+            if not task:
+                continue
+            self.check_schedule_task(task, path)
+            self.check_schedule_route(name, task, options, path, topology, defaults, routes)
+            if schedule is not None:
+                entries.append(ScheduleEntry(name=name, task=task, schedule=schedule, args=tuple(args),
+                                             kwargs=kwargs, options=options, missed=missed, jitter=jitter,
+                                             line=self.doc.position(path).line))
+        return tuple(entries)
+
+    def schedule_timing(self, spec: Mapping, path: tuple, timezone: str) -> Schedule | None:
+        given = [k for k in ("every", "crontab", "at") if spec.get(k) is not None]
+        if len(given) != 1:
+            which = "none" if not given else " and ".join(repr(k) for k in given)
+            self.error(path, f"a schedule needs exactly one of 'every', 'crontab' or 'at', not {which}",
+                       "every: 10s | crontab: \"0 */3 * * *\" | at: 2026-12-24T18:00")
+            return None
+        key = given[0]
+        value = spec[key]
+        try:
+            if key == "every":
+                if not isinstance(value, str):
+                    raise ScheduleError(f"'every' needs a unit, as in '{value}s' or '{value}m', not {value!r}")
+                return every(value)
+            if key == "crontab":
+                if isinstance(value, dict):
+                    return crontab(**{k: v for k, v in value.items()})
+                if not isinstance(value, str):
+                    raise ScheduleError(f"'crontab' must be a string of 5 fields, not {_kind(value)}")
+                return parse_crontab(value)
+            if not isinstance(value, (str, dt.datetime, dt.date)):
+                raise ScheduleError(f"'at' must be a date and time like 2026-12-24T18:00, not {_kind(value)}")
+            return at(value, timezone)
+        except TypeError as exc:  # crontab(**mapping) with an unknown field
+            self.error(path + (key,), f"invalid crontab mapping: {exc}".replace("crontab() ", ""),
+                       "fields: minute, hour, day_of_week, day_of_month, month_of_year")
+        except ScheduleError as exc:
+            self.error(path + (key,), str(exc))
+        return None
+
+    def schedule_duration(self, spec: Mapping, path: tuple, key: str) -> float:
+        value = spec.get(key)
+        if value is None:
+            return 0.0
+        try:
+            return parse_duration(value, what=repr(key))
+        except ScheduleError as exc:
+            self.error(path + (key,), str(exc))
+            return 0.0
+
+    def schedule_options(self, raw: Mapping, path: tuple) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        for key, value in raw.items():
+            try:
+                options[key] = schedule_option(key, value)
+            except ScheduleError as exc:
+                # An option refused on purpose says why; only an unknown one may be a typo.
+                unknown = key not in SCHEDULE_OPTION_NAMES and key not in REFUSED_OPTIONS
+                close = difflib.get_close_matches(key, SCHEDULE_OPTION_NAMES, n=1) if unknown else []
+                self.error(path + (key,), str(exc), f"did you mean {close[0]!r}?" if close else "")
+        for key, choices in (("serializer", SERIALIZERS), ("compression", COMPRESSIONS)):
+            if key in options and options[key] not in choices:
+                self.error(path + (key,), f"{key!r} must be one of {', '.join(choices)}, not {options[key]!r}")
+                del options[key]
+        return options
+
+    def check_schedule_results(self, name: str, options: Mapping[str, Any], path: tuple,
+                               results: ResultSettings) -> None:
+        """The rule `amqtask beat` refuses to start by, as a warning: the app
+        (App(result_backend=...)) or --result-backend may still name a backend."""
+        reason = unread_results_reason(options, results.url)
+        if reason is not None:
+            self.warn(path, f"schedule {name!r}: {reason}",
+                      "amqtask beat refuses to start with it unless the app or --result-backend names such a "
+                      "backend; set results.backend, or drop 'ignore_result: false'")
+
+    def check_schedule_task(self, task: str, path: tuple) -> None:
+        if self.tasks is None or task in self.tasks:
+            return
+        close = difflib.get_close_matches(task, list(self.tasks), n=1)
+        if close:
+            self.error(path + ("task",), f"task {task!r} is not registered by the app",
+                       f"did you mean {close[0]!r}?")
+        else:
+            self.warn(path + ("task",), f"task {task!r} is not registered by the app",
+                      "fine if another service's worker runs it; otherwise register it with @app.task")
+
+    def check_schedule_route(self, name: str, task: str, options: Mapping[str, Any], path: tuple,
+                             topology: Topology, defaults: Defaults, routes: list[RouteRule]) -> None:
+        from ..router import destination_for_rule
+
+        where = path + ("options",) if options else path
+        exchange, routing_key, queue = options.get("exchange"), options.get("routing_key"), options.get("queue")
+        if queue is not None and exchange is None and routing_key is None:
+            if queue not in topology.queues:
+                self.error(where + ("queue",), f"schedule {name!r} names undefined queue {queue!r}",
+                           _did_you_mean(queue, topology.queues) or "declare it under 'queues:'")
+            return
+        rule = next((r for r in routes if r.matches(task)), None)
+        dest = destination_for_rule(rule, defaults) if rule else None
+        exchange = exchange if exchange is not None else (dest.exchange if dest else defaults.exchange)
+        routing_key = routing_key if routing_key is not None else (dest.routing_key if dest else defaults.routing_key)
+        if exchange and exchange not in topology.exchanges:
+            self.error(where, f"schedule {name!r} sends to undefined exchange {exchange!r}",
+                       _did_you_mean(exchange, topology.exchanges) or "declare it under 'exchanges:'")
+            return
+        if topology.queues and not topology.route(exchange, routing_key, dest.headers if dest else {}):
+            self.error(where, f"schedule {name!r} reaches no queue: task {task!r} goes to exchange "
+                              f"{exchange or '(default exchange)'!r} with routing key {routing_key!r}, "
+                              f"which matches no binding",
+                       "every run would be refused; fix the route, or set options.queue / options.routing_key")
 
     def build_results(self, raw: dict) -> ResultSettings:
         path = ("results",)
@@ -252,10 +449,30 @@ class _Checker:
                                                 f"not {raw['expires']!r}")
             else:
                 expires = parsed
+        backend = self.typed(raw, path, "backend", str)
+        if backend is not None and result_backend_problem(backend):
+            self.error(path + ("backend",), result_backend_problem(backend),
+                       "rpc://, redis://HOST:6379/0, rediss://..., sentinel://HOST:26379?master_name=NAME "
+                       "or db+postgresql://USER@HOST/DB")
+            backend = None
+        tables = self.mapping(raw.get("table_names"), path + ("table_names",), "'results.table_names'")
+        self.unknown_keys(tables, path + ("table_names",), ("task", "group"), "'results.table_names'")
+        for key, name in tables.items():
+            if not isinstance(name, str) or not _TABLE_NAME.match(name):
+                self.error(path + ("table_names", key), f"table name {name!r} must be letters, digits and "
+                                                         "underscores (at most 48), starting with a letter")
+        max_pending = self.typed(raw, path, "rpc_max_pending", int, base.rpc_max_pending)
+        if max_pending < 1:
+            self.error(path + ("rpc_max_pending",), "'rpc_max_pending' must be at least 1")
+            max_pending = base.rpc_max_pending
         return ResultSettings(
+            backend=backend,
             enabled=self.typed(raw, path, "enabled", bool, base.enabled),
             expires_ms=expires,
             serializer=self.typed(raw, path, "serializer", str, base.serializer, choices=SERIALIZERS),
+            extended=self.typed(raw, path, "extended", bool, base.extended),
+            table_names={k: v for k, v in tables.items() if isinstance(v, str) and _TABLE_NAME.match(v)},
+            rpc_max_pending=max_pending,
         )
 
     def build_broker(self, raw: dict) -> BrokerSettings:
@@ -285,7 +502,18 @@ class _Checker:
             publish_retries=self.typed(raw, path, "publish_retries", int, base.publish_retries),
             accept_content=tuple(a for a in accept if a in SERIALIZERS) or base.accept_content,
             tls=tls,
+            max_message_bytes=self.positive(raw, path, "max_message_bytes", int, base.max_message_bytes),
         )
+
+    def processes(self, raw: Mapping, path: tuple, default: int | str) -> int | str:
+        """worker.processes: a whole number above 0, or "auto" (one per CPU)."""
+        if raw.get("processes") == "auto":
+            return "auto"
+        value = raw.get("processes")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            self.error(path + ("processes",), f"'processes' must be a whole number or 'auto', not {value!r}")
+            return default
+        return self.positive(raw, path, "processes", int, None) or default
 
     def positive(self, raw: Mapping, path: tuple, key: str, kind: type, default: Any) -> Any:
         value = self.typed(raw, path, key, kind, default)
@@ -448,6 +676,10 @@ class _Checker:
             if dlx and dlx not in topology.exchanges:
                 self.error(("queues", q.name, "dead_letter_exchange"), f"dead-letter exchange {dlx!r} is not defined",
                            "dead letters sent there would be dropped; declare it under 'exchanges:'")
+            unparkable = unparkable_reason(q.name)
+            if unparkable is not None:
+                self.warn(("queues", q.name), unparkable,
+                          "a worker dead-letters every countdown, eta, retry and rate-limited task of this queue")
 
     def check_binding(self, exchange: Exchange, binding: Binding, path: tuple) -> None:
         key = binding.routing_key
@@ -596,16 +828,18 @@ class _Checker:
         for key in ("queues", "exclude_queues"):
             names = self.sequence(raw.get(key), path + (key,), f"{key!r}")
             for i, name in enumerate(names):
-                if name not in topology.queues:
+                if not isinstance(name, str):
+                    self.error(path + (key, i), f"worker {key} entries must be queue names, not {_kind(name)}")
+                elif name not in topology.queues:
                     self.error(path + (key, i), f"worker {key} names undefined queue {name!r}",
-                               _did_you_mean(str(name), topology.queues) or "declare it under 'queues:'")
-            queue_lists[key] = tuple(str(n) for n in names)
+                               _did_you_mean(name, topology.queues) or "declare it under 'queues:'")
+            queue_lists[key] = tuple(n for n in names if isinstance(n, str))
         loglevel = raw.get("loglevel")
         if isinstance(loglevel, str):
             raw = {**raw, "loglevel": loglevel.upper()}
         return WorkerSettings(
             concurrency=self.positive(raw, path, "concurrency", int, None),
-            processes=self.positive(raw, path, "processes", int, None) or base.processes,
+            processes=self.processes(raw, path, base.processes),
             pool=self.typed(raw, path, "pool", str, base.pool, choices=POOLS),
             prefetch_multiplier=self.typed(raw, path, "prefetch_multiplier", int, base.prefetch_multiplier),
             optimization=self.typed(raw, path, "optimization", str, base.optimization, choices=("fair", "fast")),
@@ -617,7 +851,48 @@ class _Checker:
             soft_time_limit=self.positive(raw, path, "soft_time_limit", float, None),
             loglevel=self.typed(raw, path, "loglevel", str, base.loglevel, choices=LOGLEVELS),
             name=self.typed(raw, path, "name", str),
+            monitor=self.build_monitor(raw, path),
         )
+
+    def build_monitor(self, raw: Mapping, path: tuple) -> MonitorSettings:
+        """The worker's monitoring keys: events, heartbeat_interval, control,
+        metrics_port, revoked_stream."""
+        base = MonitorSettings()
+        heartbeat = self.typed(raw, path, "heartbeat_interval", float, base.heartbeat_interval)
+        if heartbeat < 0:
+            self.error(path + ("heartbeat_interval",), f"'heartbeat_interval' must be 0 or more, not {heartbeat!r}")
+            heartbeat = base.heartbeat_interval
+        port = self.positive(raw, path, "metrics_port", int, None)
+        if port is not None and port > 65535:
+            self.error(path + ("metrics_port",), f"'metrics_port' must be a TCP port (1-65535), not {port!r}")
+            port = None
+        stream = raw.get("revoked_stream", base.revoked_stream)
+        if stream is not None:
+            stream = self.typed(raw, path, "revoked_stream", str, base.revoked_stream)
+            if not stream:
+                self.error(path + ("revoked_stream",), "'revoked_stream' must be a queue name, or null")
+        control = raw.get("control")
+        if control is False:  # YAML 1.1 reads a bare `off` as false
+            raw = {**raw, "control": "off"}
+        return MonitorSettings(
+            events=self.typed(raw, path, "events", bool, base.events),
+            heartbeat_interval=float(heartbeat),
+            control=self.typed(raw, path, "control", str, base.control, choices=CONTROL_MODES),
+            metrics_port=port,
+            revoked_stream=stream,
+        )
+
+    def check_cluster(self, topology: Topology, broker: BrokerSettings) -> None:
+        """With several broker URLs (a cluster), a classic queue lives on one node: its
+        messages, and the countdowns, etas and retries waiting for it in the classic
+        delay queues, are gone while that node is, or for good if its disk is."""
+        if len(broker.urls) < 2:
+            return
+        for name, queue in topology.queues.items():
+            if queue.queue_type == "classic" and queue.durable and not (queue.exclusive or queue.auto_delete):
+                self.warn(("queues", name), f"classic queue {name!r} lives on one node of the cluster, and so do "
+                          "the countdowns, etas and retries waiting for it",
+                          "declare it 'queue_type: quorum': it and its delay queues are then replicated")
 
     def check_reachability(self, topology: Topology, defaults: Defaults, routes: list[RouteRule]) -> None:
         if defaults.exchange == DEFAULT_EXCHANGE or defaults.exchange in topology.exchanges:

@@ -39,10 +39,18 @@ RESPAWN_DELAY = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
-def supervise(count: int, run_one: Callable[[], int]) -> int:
-    """Run `run_one` in `count` forked processes until they are told to stop; return
-    the exit status. `run_one` must act on SHUTDOWN_SIGNAL (first warm, then cold)
-    and unblock it once it can (see `Worker.run`)."""
+def supervise(count: int, run_one: Callable[[int], int], *,
+              on_exit: Callable[[int, int, str, bool], None] | None = None,
+              had_started: Callable[[int], bool] | None = None) -> int:
+    """Run `run_one(index)` (index 1..count) in `count` forked processes until they
+    are told to stop; return the exit status. `run_one` must act on SHUTDOWN_SIGNAL
+    (first warm, then cold) and unblock it once it can (see `Worker.run`).
+    `on_exit(index, pid, how, replaced)` hears of each process that ended (`index` as
+    `run_one` got it; how: "was killed by signal 9", "exited with status 1"), before
+    any replacement starts. `had_started(index)` tells whether that process had
+    started: one that ends by itself after it started (a task called os._exit) is
+    replaced, as one killed by a signal; one that ends before could not run, which
+    fails the command. Without it, only a signal counts as a death."""
     supervisor = os.getpid()
     children: dict[int, int] = {}  # pid -> index
     stops = 0
@@ -73,12 +81,15 @@ def supervise(count: int, run_one: Callable[[], int]) -> int:
             index = children.pop(pid, None)
             if index is None:
                 continue
+            died = os.WIFSIGNALED(status) or (had_started is not None and had_started(index + 1))
+            if on_exit is not None:
+                on_exit(index + 1, pid, _how(status), not stops and died)
             code = os.waitstatus_to_exitcode(status)
             code = code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
             if stops:
                 worst = max(worst, code)
                 continue
-            if not os.WIFSIGNALED(status):
+            if not died:
                 log.error("worker process %s could not run (exit status %s); stopping the others", pid, code)
                 worst = code or 1
                 forward(signal.SIGTERM, None)
@@ -95,7 +106,7 @@ def supervise(count: int, run_one: Callable[[], int]) -> int:
     return worst
 
 
-def _child(index: int, supervisor: int, run_one: Callable[[], int]) -> int:
+def _child(index: int, supervisor: int, run_one: Callable[[int], int]) -> int:
     code = 1
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,10 +116,8 @@ def _child(index: int, supervisor: int, run_one: Callable[[], int]) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, {SHUTDOWN_SIGNAL})
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         multiprocessing.current_process().name = f"Worker-{index + 1}"
-        _die_with(SHUTDOWN_SIGNAL)
-        if os.getppid() != supervisor:  # the supervisor died before prctl took effect
-            os.kill(os.getpid(), SHUTDOWN_SIGNAL)
-        code = run_one()
+        die_with_parent(SHUTDOWN_SIGNAL, supervisor)
+        code = run_one(index + 1)
     except AmqtaskError as exc:  # broker unreachable, a declare conflict...: said in one line
         log.error("%s", exc)
     except BaseException:  # noqa: BLE001 - whatever happens, this process ends here
@@ -119,13 +128,22 @@ def _child(index: int, supervisor: int, run_one: Callable[[], int]) -> int:
     return code
 
 
-def _die_with(sig: int) -> None:
-    """Ask Linux to send `sig` to this process when its parent dies."""
+def die_with_parent(sig: int, parent: int) -> None:
+    """Ask Linux to send `sig` to this process when its parent (pid `parent`) dies;
+    if it died already (before the request took effect), send it now."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: an orphan runs on until it is stopped
-        pass
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
+def _how(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
 def _signal(pid: int, sig: int) -> None:

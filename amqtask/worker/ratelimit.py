@@ -29,3 +29,7 @@ class RateLimiter:
         start = max(now, self._next_free.get(name, now))
         self._next_free[name] = start + 1.0 / per_second
         return start
+
+    def forget(self, name: str) -> None:
+        """Count `name`'s rate afresh (its limit changed)."""
+        self._next_free.pop(name, None)

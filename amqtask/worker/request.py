@@ -28,6 +28,8 @@ class Request:
     routing_key: str = ""
     hostname: str = ""
     headers: Mapping[str, Any] = field(default_factory=dict)
+    is_eager: bool = False  # Celery's names: a worker's run is neither eager nor a direct call
+    called_directly: bool = False
 
     @property
     def correlation_id(self) -> str:

@@ -25,9 +25,10 @@ log = logging.getLogger("amqtask.worker")
 
 class AckBatcher:
     def __init__(self, channel: Any, on_lost: Callable[[int], None], *, window: int = 0, slots: int = 1,
-                 max_delay: float = 0.05) -> None:
-        self.channel = channel  # the aiormq channel the deliveries came on
+                 max_delay: float = 0.05, on_sent: Callable[[int, int], None] | None = None) -> None:
+        self.channel = channel  # the channel the deliveries came on
         self._on_lost = on_lost
+        self._on_sent = on_sent  # (messages acknowledged, frames sent), for metrics
         self._max_batch = window // 2  # flush at this many waiting acks (0: never hold)
         self._slots = slots
         self._max_delay = max_delay
@@ -38,6 +39,12 @@ class AckBatcher:
         self._deadline: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Future] = set()
 
+    def resize(self, *, window: int, slots: int) -> None:
+        """A new prefetch window and pool size (the pool grew or shrank): hold acks
+        and flush them by these from now on."""
+        self._max_batch = window // 2
+        self._slots = slots
+
     def delivered(self, tag: int) -> None:
         self._pending.append(tag)
 
@@ -47,9 +54,36 @@ class AckBatcher:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._maybe_flush)
 
-    def settled_elsewhere(self, tag: int) -> None:
-        """A nack or reject was sent for `tag`: it no longer blocks the run."""
+    def nack(self, tag: int, *, requeue: bool) -> None:
+        """Send a nack for `tag` now. Until its frame is written the tag blocks the
+        run, so no `multiple` ack sent meanwhile can cover (and so ack) it. (A channel
+        that writes at once, as pika's, has written it when basic_nack returns.)"""
+        try:
+            sent = self.channel.basic_nack(delivery_tag=tag, requeue=requeue)
+        except Exception as exc:  # the channel is gone; the broker redelivers it
+            log.warning("could not nack delivery %s (%s); the broker will redeliver it", tag, type(exc).__name__)
+            self._on_lost(tag)
+            return
+        if sent is None:
+            self._settled.add(tag)
+            self.ack_pending()
+            return
+        sending = asyncio.ensure_future(sent)
+        self._sending.add(sending)
+        sending.add_done_callback(lambda t: self._nacked(t, tag))
+
+    def _nacked(self, sending: asyncio.Future, tag: int) -> None:
+        self._sending.discard(sending)
+        if sending.cancelled() or sending.exception() is not None:
+            self._on_lost(tag)
         self._settled.add(tag)
+        self.ack_pending()
+
+    def ack_pending(self) -> None:
+        """Schedule a flush of whatever is due (after a change that unblocks the run)."""
+        if self._to_ack and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._maybe_flush)
 
     def _maybe_flush(self) -> None:
         self._scheduled = False
@@ -70,6 +104,7 @@ class AckBatcher:
             self._deadline.cancel()
             self._deadline = None
         last_in_run = None
+        acked = len(self._to_ack)
         while self._pending and (self._pending[0] in self._to_ack or self._pending[0] in self._settled):
             tag = self._pending.popleft()
             if tag in self._to_ack:
@@ -84,6 +119,8 @@ class AckBatcher:
         self._to_ack.clear()
         for tag, multiple in frames:
             self._send(tag, multiple)
+        if self._on_sent is not None and frames:
+            self._on_sent(acked, len(frames))
 
     async def drain(self) -> None:
         """Flush, and wait until the acks sent so far are written (before a close)."""
