@@ -51,7 +51,7 @@ def test_celery_chain_runs_on_amqtask_workers(harness, celery_client):
     assert workflow.apply_async().get(timeout=20) == 15
 
 
-def test_celery_chord_is_dead_lettered_with_a_reason(harness, amqp):
+def test_celery_chord_without_a_result_backend_is_dead_lettered_with_a_reason(harness, amqp):
     harness.start("-P", "threads")
     from .conftest import drain
 
@@ -63,7 +63,7 @@ def test_celery_chord_is_dead_lettered_with_a_reason(harness, amqp):
     harness.wait_for(lambda: amqp.queue_declare(f"{harness.queue}.dead", passive=True).method.message_count == 1,
                      what="the dead-lettered chord")
     [(_, props, _)] = drain(amqp, f"{harness.queue}.dead")
-    assert "chords are not supported" in props.headers["x-amqtask-reason"]
+    assert "chords need a result backend" in props.headers["x-amqtask-reason"]
 
 
 def test_amqtask_calls_a_celery_worker_and_reads_the_result(harness, tmp_path, broker_url):

@@ -68,6 +68,30 @@ def test_purge(config, amqp, prefix):
     assert unknown.returncode == 2
 
 
+def test_global_options_before_the_subcommand_reach_declare_and_call(config, amqp, prefix, tmp_path, broker_url):
+    """`celery -b URL call ...` and `celery --workdir DIR -A proj ...`: the broker from -b
+    over routing.yaml's (here unreachable); -A's App, imported from --workdir, gives the
+    settings to a command that has no -A of its own."""
+    unreachable = tmp_path / "unreachable.yaml"
+    unreachable.write_text(topology_yaml(prefix, url="amqp://nobody:hunter2@127.0.0.1:1//"))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "proj_app.py").write_text(f"from amqtask import App\napp = App('proj', config={str(config)!r})\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "amqtask", *args], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+
+    declared = run("--workdir", str(project), "-A", "proj_app", "declare")
+    assert declared.returncode == 0, declared.stderr
+    assert "declared 2 exchanges, 4 queues" in declared.stdout
+    called = run("-b", broker_url, "call", "projq.tasks.add", "--args", "[1, 2]", "--config", str(unreachable))
+    assert called.returncode == 0, called.stderr
+    assert "hunter2" not in called.stdout + called.stderr
+    [(method, props, body)] = drain(amqp, f"{prefix}.web_tasks")
+    assert json.loads(body)[0] == [1, 2]
+
+
 def test_celery_worker_runs_what_amqtask_published(config, prefix, tmp_path, broker_url):
     """The acceptance check for the wire format: Celery 5 itself consumes and runs it."""
     assert amqtask("declare", config=config).returncode == 0
