@@ -65,5 +65,5 @@ def test_minimal_message_from_the_docs_runs(harness, broker_url):
                                                                     amqp_url(broker_url))
     run = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    harness.wait_for(lambda: "task projq.tasks.add[hello-1] succeeded" in harness.output(worker),
+    harness.wait_for(lambda: "Task projq.tasks.add[hello-1] succeeded" in harness.output(worker),
                      what="the minimal message to run")

@@ -13,13 +13,10 @@ const [queue = "web_tasks", task = "projq.tasks.add", args = "[2,3]"] = process.
   const id = randomUUID();
   const body = JSON.stringify([JSON.parse(args), {}, { callbacks: null, errbacks: null, chain: null, chord: null }]);
   const timer = setTimeout(() => { console.error("no result within 30s"); process.exit(1); }, 30000);
-  await ch.consume(replyTo, async (msg) => {
-    if (msg.properties.correlationId !== id) return;
-    const reply = JSON.parse(msg.content.toString());
-    console.log(JSON.stringify({ id, status: reply.status, result: reply.result }));
-    clearTimeout(timer);
-    await conn.close();
-    process.exitCode = reply.status === "SUCCESS" ? 0 : 1;
+  let resolveReply;
+  const replied = new Promise((resolve) => { resolveReply = resolve; });
+  await ch.consume(replyTo, (msg) => {
+    if (msg.properties.correlationId === id) resolveReply(JSON.parse(msg.content.toString()));
   }, { noAck: true });
   // Through the default exchange straight to the queue; mandatory: an unroutable task is returned, not lost.
   ch.on("return", () => { console.error(`unroutable: no queue ${queue}`); process.exit(1); });
@@ -27,5 +24,12 @@ const [queue = "web_tasks", task = "projq.tasks.add", args = "[2,3]"] = process.
     mandatory: true, persistent: true, contentType: "application/json", contentEncoding: "utf-8",
     correlationId: id, replyTo, headers: { task, id, lang: "js", retries: 0 },
   });
+  // The confirm first, then the result: a fast worker's reply may arrive before the
+  // confirm, and closing the connection then would cut the confirm off.
   await ch.waitForConfirms();
+  const reply = await replied;
+  clearTimeout(timer);
+  console.log(JSON.stringify({ id, status: reply.status, result: reply.result }));
+  await conn.close();
+  process.exitCode = reply.status === "SUCCESS" ? 0 : 1;
 })().catch((err) => { console.error(err.message); process.exit(1); });
