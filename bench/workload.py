@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ class Env:
         self.config.write_text(
             f"broker:\n  url: {BROKER}\n  confirm_publish: {'true' if confirm else 'false'}\n"
             f"defaults:\n  queue: {self.queue}\nqueues:\n  {self.queue}: {{}}\n"
+            "results: {backend: 'rpc://'}\n"
         )
         self.env = {**os.environ, "BENCH_CONFIG": str(self.config), "BENCH_QUEUE": self.queue,
                     "BENCH_BROKER_URL": BROKER, "BENCH_MARK_DIR": str(self.dir), "PYTHONPATH": str(ROOT),
@@ -98,9 +98,18 @@ class Env:
 
 
 def rss_kib(pid: int) -> int:
-    """Resident memory of a process tree (the worker and its pool children)."""
-    out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid), "-p", str(pid)], capture_output=True, text=True)
-    return sum(int(x) for x in out.stdout.split())
+    """Resident memory of a process tree: the worker, its processes and their pool
+    children (an amqtask supervisor's prefork children are its grandchildren)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,rss="], capture_output=True, text=True).stdout
+    rows = [tuple(int(x) for x in line.split()) for line in out.splitlines() if line.strip()]
+    tree, grew = {pid}, True
+    while grew:
+        grew = False
+        for child, parent, _ in rows:
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return sum(rss for p, _, rss in rows if p in tree)
 
 
 def rate(n: int, seconds: float) -> dict[str, Any]:
@@ -284,19 +293,35 @@ CELERY_WORKER = [sys.executable, "-m", "celery", "-A", "bench.apps.celery_app", 
 DRAMATIQ_WORKER = [sys.executable, "-m", "dramatiq", "bench.apps.dramatiq_app"]
 
 
+# Each system as a user starts it, with no pool or concurrency flags (the bench app's config sets none).
+workload("drain/amqtask default (no pool flags)")(lambda n: drain("amq", n, AMQTASK_WORKER, fill_amqtask))
+workload("drain/celery default (no pool flags)")(lambda n: drain("cel", n, CELERY_WORKER, fill_celery))
+workload("drain/dramatiq default (no flags)")(lambda n: drain("dra", n, DRAMATIQ_WORKER, fill_dramatiq))
+# Late acks and a prefetch of one task per slot on both sides (amqtask's acks are late by default).
+workload("drain/amqtask reliable: prefetch-multiplier 1 (default pool)")(
+    lambda n: drain("amq", n, AMQTASK_WORKER + ["--prefetch-multiplier", "1"], fill_amqtask))
+workload("drain/amqtask reliable: prefetch-multiplier 1, prefork -c 2")(
+    lambda n: drain("amq", n, AMQTASK_WORKER + ["-P", "prefork", "-c", "2", "--prefetch-multiplier", "1"],
+                    fill_amqtask))
+workload("drain/celery threads -c 4")(lambda n: drain("cel", n, CELERY_WORKER + ["-P", "threads", "-c", "4"],
+                                                      fill_celery))
+
+# Each pool as a user starts it: -c is the concurrency in all; amqtask spreads it over one
+# process per CPU (solo: one process).
 for _pool, _flags in (("prefork -c 2", ["-P", "prefork", "-c", "2"]), ("threads -c 4", ["-P", "threads", "-c", "4"]),
-                      ("asyncio -c 8", ["-P", "asyncio", "-c", "8"]), ("solo", ["-P", "solo"])):
+                      ("asyncio -c 8", ["-P", "asyncio", "-c", "8"]), ("solo", ["-P", "solo"]),
+                      ("threads -c 16", ["-P", "threads", "-c", "16"])):
     workload(f"drain/amqtask {_pool}")(
         lambda n, f=_flags: drain("amq", n, AMQTASK_WORKER + f, fill_amqtask))
 # The asyncio pool exists for coroutines; with `async def` tasks it needs no thread per task.
 workload("drain/amqtask asyncio -c 8, async def task")(
     lambda n: drain("amq", n, AMQTASK_WORKER + ["-P", "asyncio", "-c", "8"],
                     lambda env, n: fill_amqtask(env, n, task="bench.anoop")))
-# Two consumer processes, as Dramatiq's -p 2: one Python process handles messages on one core.
-workload("drain/amqtask --processes 2 -P threads -c 4")(
-    lambda n: drain("amq", n, AMQTASK_WORKER + ["--processes", "2", "-P", "threads", "-c", "4"], fill_amqtask))
-workload("drain/amqtask --processes 2 -P asyncio -c 8, async def task")(
-    lambda n: drain("amq", n, AMQTASK_WORKER + ["--processes", "2", "-P", "asyncio", "-c", "8"],
+# One consuming process, against the raw client's ceiling in one process.
+workload("drain/amqtask one process: --processes 1 -P threads -c 4")(
+    lambda n: drain("amq", n, AMQTASK_WORKER + ["--processes", "1", "-P", "threads", "-c", "4"], fill_amqtask))
+workload("drain/amqtask one process: --processes 1 -P asyncio -c 8, async def task")(
+    lambda n: drain("amq", n, AMQTASK_WORKER + ["--processes", "1", "-P", "asyncio", "-c", "8"],
                     lambda env, n: fill_amqtask(env, n, task="bench.anoop")))
 workload("drain/celery prefork -c 2 (default)")(
     lambda n: drain("cel", n, CELERY_WORKER + ["-P", "prefork", "-c", "2"], fill_celery))
@@ -396,12 +421,12 @@ def ceiling_publish_confirmed(n: int) -> dict:
 def _aio(coro_fn: Callable, env: Env, n: int) -> float:
     import aio_pika
 
-    from amqtask.amqp.params import aio_pika_url
+    from amqtask.amqp.connection import amqp_url
     from amqtask.brokerurl import parse_broker_urls
     from amqtask.settings import BrokerSettings
 
     async def go() -> float:
-        conn = await aio_pika.connect(aio_pika_url(parse_broker_urls(BROKER)[0], BrokerSettings()))
+        conn = await aio_pika.connect(amqp_url(parse_broker_urls(BROKER)[0], BrokerSettings()))
         try:
             return await coro_fn(conn)
         finally:
@@ -510,6 +535,8 @@ def _mark_dramatiq(env: Env) -> None:
     dramatiq_app.mark_task.send("ready")
 
 
+workload("memory/amqtask default (no pool flags)")(lambda n: idle("amq", AMQTASK_WORKER, _mark_amqtask))
+workload("memory/celery default (no pool flags)")(lambda n: idle("cel", CELERY_WORKER, _mark_celery))
 workload("memory/amqtask prefork -c 2")(lambda n: idle("amq", AMQTASK_WORKER + ["-P", "prefork", "-c", "2"],
                                                         _mark_amqtask))
 workload("memory/celery prefork -c 2")(lambda n: idle("cel", CELERY_WORKER + ["-P", "prefork", "-c", "2"],
