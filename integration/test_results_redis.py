@@ -300,3 +300,52 @@ def _wire(message: tuple):
                        content_type=props.content_type, content_encoding=props.content_encoding,
                        correlation_id=props.correlation_id, reply_to=props.reply_to)
 
+
+
+def test_a_redis_outage_after_the_run_keeps_the_message_until_the_result_is_stored(prefix, tmp_path, amqp):
+    """Redis goes down while a task runs: the worker keeps the message unacknowledged
+    and retries storing its result; once Redis is back the result is stored, the
+    message acked, and the task has run exactly once."""
+    import socket
+    import subprocess
+
+    from .conftest import WorkerHarness, unacked
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def start_redis() -> subprocess.Popen:
+        process = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                    "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=port, socket_connect_timeout=1)
+        for _ in range(100):
+            try:
+                client.ping()
+                return process
+            except redis.exceptions.ConnectionError:
+                threading.Event().wait(0.1)
+        process.kill()
+        raise AssertionError("a private redis-server did not answer")
+
+    server = start_redis()
+    h = WorkerHarness(prefix, tmp_path, amqp, results=f"results:\n  backend: 'redis://127.0.0.1:{port}/0'\n"
+                                                      "  expires: 10m\n")
+    try:
+        h.start("-P", "threads", "-c", "2", "--processes", "1")
+        gate = tmp_path / "gate"
+        result = h.app.send_task("t.gated", ("outage", str(gate)))
+        h.wait_for(lambda: h.records("start"), what="the task to start")
+        server.terminate()
+        server.wait(timeout=10)
+        gate.touch()
+        h.wait_for(lambda: "could not be sent" in h.output(h.processes[0]), what="the worker to retry the store")
+        assert unacked(h.queue) == 1  # ran, but not acknowledged while its result is unstored
+        server = start_redis()
+        assert result.get(timeout=30) == "outage"
+        h.wait_for(lambda: unacked(h.queue) == 0, what="the message to be acked")
+        assert [r["tag"] for r in h.records("start")] == ["outage"]
+    finally:
+        h.stop_all()
+        server.kill()
+        server.wait()
