@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,11 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from scripts.services import free_port  # noqa: F401 - the tests' one way to a free port
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition",

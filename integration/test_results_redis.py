@@ -306,14 +306,13 @@ def test_a_redis_outage_after_the_run_keeps_the_message_until_the_result_is_stor
     """Redis goes down while a task runs: the worker keeps the message unacknowledged
     and retries storing its result; once Redis is back the result is stored, the
     message acked, and the task has run exactly once."""
-    import socket
     import subprocess
+
+    from scripts.services import free_port
 
     from .conftest import WorkerHarness, unacked
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
 
     def start_redis() -> subprocess.Popen:
         process = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",

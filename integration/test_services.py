@@ -14,16 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from scripts.services import free_port
+
 from .conftest import ROOT, connect
 
 needs_server = pytest.mark.skipif(shutil.which("rabbitmq-server") is None,  # CI has it
                                   reason="rabbitmq-server is not installed (CI has it): the local start cannot be tried")
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
@@ -64,7 +60,7 @@ def test_demo_with_nothing_on_the_broker_url_starts_and_stops_its_own_broker():
     worker declares amqtask.delay.q.* too), nor the beat's and revocations' queues."""
     from amqtask.topology.loader import load_settings
 
-    port = unused_port()
+    port = free_port()
     run = with_services("sh", "-c", DEMO_THEN_LIST.format(python=sys.executable),
                         url=f"amqp://guest:guest@127.0.0.1:{port}//")
     logs = re.search(r"logs: (\S+), (\S+)", run.stdout)
@@ -102,7 +98,7 @@ CHILD = textwrap.dedent("""
 
 @needs_server
 def test_the_urls_user_and_vhost_work_on_the_private_node():
-    port = unused_port()
+    port = free_port()
     run = with_services(sys.executable, "-c", CHILD, url=f"amqp://demo:s3cret@127.0.0.1:{port}/tenant")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "queues: ['services-check', '1']" in run.stdout
@@ -121,7 +117,7 @@ def test_the_command_status_is_passed_on(broker_url):
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed (CI has it)")
 def test_private_redis_and_postgres_for_a_command_with_nothing_on_their_urls():
-    redis_port, pg_port = unused_port(), unused_port()
+    redis_port, pg_port = free_port(), free_port()
     env = {**os.environ, "AMQTASK_RESULT_BACKEND": f"redis://127.0.0.1:{redis_port}/0",
            "AMQTASK_TEST_POSTGRES_URL": f"db+postgresql://postgres@127.0.0.1:{pg_port}/test"}
     probe = textwrap.dedent(f"""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import pika
+
+from scripts.services import free_port
 
 from .conftest import ROOT, topology_yaml, track_topology
 
@@ -65,7 +66,7 @@ def test_status_lists_depth_consumers_dead_letters_and_a_missing_queue(tmp_path,
 
 def test_status_without_a_broker_is_one_line_and_exit_1(tmp_path, prefix):
     config = tmp_path / "routing.yaml"
-    config.write_text(topology_yaml(prefix, url=f"amqp://guest:guest@127.0.0.1:{unused_port()}//"))
+    config.write_text(topology_yaml(prefix, url=f"amqp://guest:guest@127.0.0.1:{free_port()}//"))
     shown = status(config)
     assert shown.returncode == 1
     assert shown.stderr.splitlines()[-1].startswith("error: cannot connect to the broker at amqp://guest:***@")
@@ -101,12 +102,6 @@ def read_until(process: subprocess.Popen, marker: str) -> str:
         if marker in line:
             return "".join(seen)
     raise AssertionError(f"{marker!r} never came; output: {''.join(seen)}")
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_watch_stops_on_a_signal_even_in_the_middle_of_reconnecting(tmp_path, prefix, proxy, amqp):

@@ -289,19 +289,8 @@ class BlockingTransport:
 
     def queue_stats(self, queue: str) -> QueueStats | None:
         """Message and consumer counts, or None when the queue does not exist."""
-        with self._lock:
-            try:
-                ok = self._attempt(lambda ch: ch.queue_declare(queue, passive=True), f"inspecting queue {queue!r}",
-                                   self._answer_deadline())
-            except px.ChannelClosedByBroker as exc:
-                self._channel = None
-                if exc.reply_code == 404:
-                    return None
-                raise BrokerError(f"cannot inspect queue {queue!r}: {exc.reply_text}") from None
-            except CONNECTION_ERRORS as exc:
-                self._reset()
-                raise BrokerError(f"connection lost while inspecting queue {queue!r}: {_describe(exc)}") from None
-            return QueueStats(queue, ok.method.message_count, ok.method.consumer_count)
+        ok = self._passive(lambda ch: ch.queue_declare(queue, passive=True), f"queue {queue!r}")
+        return None if ok is None else QueueStats(queue, ok.method.message_count, ok.method.consumer_count)
 
     def delete_queue(self, queue: str, *, if_empty: bool = False) -> None:
         """Delete a queue; with `if_empty`, the broker refuses (PublishError) when it holds messages."""
@@ -309,19 +298,21 @@ class BlockingTransport:
 
     def exchange_exists(self, exchange: str) -> bool:
         """A passive declare: True when the exchange exists (nothing is created)."""
+        return self._passive(lambda ch: ch.exchange_declare(exchange, passive=True), f"exchange {exchange!r}") is not None
+
+    def _passive(self, declare: Callable[[BlockingChannel], Any], what: str) -> Any:
+        """A passive declare's answer, or None when the broker says 404 (nothing is created)."""
         with self._lock:
             try:
-                self._attempt(lambda ch: ch.exchange_declare(exchange, passive=True),
-                              f"inspecting exchange {exchange!r}", self._answer_deadline())
+                return self._attempt(declare, f"inspecting {what}", self._answer_deadline())
             except px.ChannelClosedByBroker as exc:
                 self._channel = None
                 if exc.reply_code == 404:
-                    return False
-                raise BrokerError(f"cannot inspect exchange {exchange!r}: {exc.reply_text}") from None
+                    return None
+                raise BrokerError(f"cannot inspect {what}: {exc.reply_text}") from None
             except CONNECTION_ERRORS as exc:
                 self._reset()
-                raise BrokerError(f"connection lost while inspecting exchange {exchange!r}: {_describe(exc)}") from None
-            return True
+                raise BrokerError(f"connection lost while inspecting {what}: {_describe(exc)}") from None
 
     def delete_exchange(self, exchange: str) -> None:
         self._with_retries(lambda ch: ch.exchange_delete(exchange), f"delete of exchange {exchange!r}")
